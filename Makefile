@@ -1,0 +1,44 @@
+# The two commands of the README: `make serve` and `make test`. Both set everything up first
+# and are idempotent. torch is installed first from the local CPU wheel (torch==2.13.0), so
+# pip never fetches the CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+EXAMPLES_STAMP := $(VENV)/.examples-installed
+PORT_ARGS ?=
+
+.PHONY: setup setup-examples test serve examples bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,fast]'
+	touch $@
+
+setup: $(STAMP)
+
+$(EXAMPLES_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[examples]' || echo "examples extra not installed: the text workflow is skipped"
+	touch $@
+
+setup-examples: $(EXAMPLES_STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+examples: setup-examples
+	$(PY) examples/build.py --model-store model_store --workflow-store wf_store
+
+serve: examples
+	$(VENV)/bin/dagserve --start --foreground --model-store model_store --workflow-store wf_store \
+		--models all --workflows all --disable-token-auth --ncs $(PORT_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.run $(if $(PEER),--peer $(PEER),)
+
+clean:
+	rm -rf $(VENV) logs build dist *.egg-info

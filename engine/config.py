@@ -1,0 +1,181 @@
+"""Server configuration: config.properties, then ``TS_*`` environment variables (only when
+``enable_envvars_config=true``), then command-line flags, folded into one frozen ``Config``.
+
+It is read once at start and passed down; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
+
+
+@dataclass(frozen=True)
+class Config:
+    inference_address: str = "http://127.0.0.1:8080"
+    management_address: str = "http://127.0.0.1:8081"
+    metrics_address: str = "http://127.0.0.1:8082"
+    model_store: Path | None = None
+    workflow_store: Path | None = None
+    load_models: tuple[str, ...] = ()
+    load_workflows: tuple[str, ...] = ()
+    default_workers_per_model: int = 0  # 0: one per visible GPU, else per CPU core
+    job_queue_size: int = 100
+    default_response_timeout: int = 120  # seconds
+    default_startup_timeout: int = 120  # seconds
+    max_request_size: int = 6553500
+    max_response_size: int = 6553500
+    allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
+    enable_model_api: bool = False
+    disable_token_authorization: bool = False
+    decode_input_request: bool = True
+    install_py_dep_per_model: bool = False
+    metrics_mode: str = "prometheus"
+    models: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 1
+    max_batch_delay: int = 100  # ms
+    number_of_gpu: int | None = None
+    cors_allowed_origin: str | None = None
+    cors_allowed_methods: str | None = None
+    cors_allowed_headers: str | None = None
+    snapshots: bool = True
+    log_dir: Path = Path("logs")
+    workdir: Path = Path(".")
+    foreground: bool = False
+    plugins_path: Path | None = None
+    log_config: Path | None = None
+    config_file: Path | None = None
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    def with_(self, **changes: Any) -> "Config":
+        return replace(self, **changes)
+
+
+_BOOL_KEYS = {"enable_model_api", "disable_token_authorization", "decode_input_request",
+              "install_py_dep_per_model", "enable_envvars_config"}
+_INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_timeout",
+             "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
+             "max_batch_delay", "number_of_gpu"}
+_STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
+             "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers"}
+_PATH_KEYS = {"model_store", "workflow_store", "plugins_path"}
+_LIST_KEYS = {"load_models", "load_workflows"}
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Java-style ``key=value`` lines (``#``/``!`` comments, ``\\`` continuations)."""
+    props: dict[str, str] = {}
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending += line[:-1]
+            continue
+        line = pending + line
+        pending = ""
+        sep = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
+        if sep < 0:
+            props[line] = ""
+            continue
+        props[line[:sep].strip()] = line[sep + 1:].strip()
+    return props
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _parse_int(key: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.replace(" ", ",").split(",") if v.strip())
+
+
+def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Config:
+    """Fold known keys into ``cfg``; unknown keys are ignored as TorchServe ignores them."""
+    changes: dict[str, Any] = {}
+    for key, value in props.items():
+        if key in _BOOL_KEYS:
+            if key != "enable_envvars_config":
+                changes[key] = _parse_bool(key, value)
+        elif key in _INT_KEYS:
+            changes[key] = _parse_int(key, value)
+        elif key in _STR_KEYS:
+            changes[key] = value
+        elif key in _PATH_KEYS:
+            changes[key] = (base / value).resolve() if value else None
+        elif key in _LIST_KEYS:
+            changes[key] = _split_list(value)
+        elif key == "allowed_urls":
+            changes[key] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif key == "models":
+            try:
+                changes[key] = json.loads(value) if value else {}
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"models must be JSON: {exc}") from None
+    return replace(cfg, **changes)
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """``TS_<KEY>`` variables as properties (``TS_JOB_QUEUE_SIZE`` -> ``job_queue_size``)."""
+    return {k[3:].lower(): v for k, v in environ.items() if k.startswith("TS_") and len(k) > 3}
+
+
+def load_config(*, config_file: Path | None = None, environ: Mapping[str, str] | None = None,
+                workdir: Path | None = None, **flags: Any) -> Config:
+    """Build the Config. ``flags`` are CLI values; ``None`` means "not given"."""
+    environ = os.environ if environ is None else environ
+    workdir = (workdir or Path.cwd()).resolve()
+    cfg = Config(workdir=workdir, log_dir=workdir / "logs")
+    if config_file is None and environ.get("TS_CONFIG_FILE"):
+        config_file = Path(environ["TS_CONFIG_FILE"])
+    props: dict[str, str] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            props = parse_properties(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        cfg = replace(cfg, config_file=path.resolve())
+        cfg = apply_properties(cfg, props, path.resolve().parent)
+    if _parse_bool("enable_envvars_config", props.get("enable_envvars_config", "false")):
+        cfg = apply_properties(cfg, env_overrides(environ), workdir)
+    given = {k: v for k, v in flags.items() if v is not None}
+    for key in ("model_store", "workflow_store", "log_config", "plugins_path"):
+        if key in given:
+            given[key] = Path(given[key]).resolve()
+    cfg = replace(cfg, **given)
+    if cfg.workflow_store is None and cfg.model_store is not None:
+        cfg = replace(cfg, workflow_store=cfg.model_store)
+    return cfg
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``http://127.0.0.1:8080`` -> (host, port)."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"address must look like http://host:port, got {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -1,0 +1,1 @@
+"""The HTTP side: one aiohttp application per port (inference, management, metrics)."""

@@ -1,0 +1,31 @@
+"""Turn an HTTP request into the worker protocol's parameters, as TorchServe does: a raw body
+is ``body`` (with its content type), multipart and urlencoded form fields keep their names,
+and query-string parameters are passed along as extra fields."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..workers.protocol import Param
+
+
+async def read_params(request: web.Request) -> list[Param]:
+    ctype = request.content_type
+    params: list[Param] = []
+    if ctype == "multipart/form-data":
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            value = await part.read(decode=False)  # type: ignore[union-attr]
+            params.append(Param(part.name or "data",  # type: ignore[union-attr]
+                                part.headers.get("Content-Type"), bytes(value)))
+    elif ctype == "application/x-www-form-urlencoded":
+        form = await request.post()
+        for key, value in form.items():
+            raw = value.encode() if isinstance(value, str) else value.file.read()  # type: ignore[union-attr]
+            params.append(Param(key, None, raw))
+    else:
+        params.append(Param("body", request.headers.get("Content-Type"), await request.read()))
+    if request.query_string:
+        for key, value in request.query.items():
+            params.append(Param(key, None, value.encode()))
+    return params

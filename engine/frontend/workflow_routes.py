@@ -1,0 +1,72 @@
+"""The /workflows management endpoints (COMPAT §5), on the management app."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import BadRequestError, MethodNotAllowedError
+from .params import bool_param, int_param, json_ok, paginate, request_params, status_message
+
+MODEL_API_DISABLED = ("Workflow API is disabled, set enable_model_api=true in "
+                      "config.properties or start with --enable-model-api")
+
+
+class WorkflowRoutes:
+    def __init__(self, server):
+        self.server = server
+
+    @property
+    def manager(self):
+        return self.server.workflows
+
+    def _check_api_enabled(self) -> None:
+        if not self.server.cfg.enable_model_api:
+            raise MethodNotAllowedError(MODEL_API_DISABLED)
+
+    async def register(self, request: web.Request) -> web.Response:
+        self._check_api_enabled()
+        params = await request_params(request)
+        url = params.get("url")
+        if not url:
+            raise BadRequestError("Parameter url is required.")
+        bool_param(params, "synchronous", True)
+        entry = await self.manager.register(str(url), params.get("workflow_name") or None)
+        return status_message(f"Workflow {entry.name} has been registered and scaled "
+                              "successfully.")
+
+    async def list(self, request: web.Request) -> web.Response:
+        entries = sorted(self.server.registry.workflows.values(), key=lambda e: e.name)
+        page, token = paginate(entries, request.query)
+        return json_ok({"nextPageToken": token,
+                        "workflows": [{"workflowName": e.name, "workflowUrl": e.url}
+                                      for e in page]})
+
+    async def describe(self, request: web.Request) -> web.Response:
+        return json_ok(self.manager.describe(request.match_info["workflow_name"]))
+
+    async def unregister(self, request: web.Request) -> web.Response:
+        self._check_api_enabled()
+        name = request.match_info["workflow_name"]
+        await self.manager.unregister(name)
+        return status_message(f"Workflow \"{name}\" unregistered")
+
+    async def scale(self, request: web.Request) -> web.Response:
+        name = request.match_info["workflow_name"]
+        params = await request_params(request)
+        min_w = int_param(params, "min_worker")
+        max_w = int_param(params, "max_worker")
+        if min_w is not None and max_w is not None and max_w < min_w:
+            raise BadRequestError("max_worker cannot be less than min_worker")
+        await self.manager.scale(name, min_w, max_w)
+        return status_message(f"Workflow \"{name}\" scaled")
+
+
+def add_workflow_routes(router: web.UrlDispatcher, server) -> None:
+    if server.workflows is None:
+        return
+    routes = WorkflowRoutes(server)
+    router.add_post("/workflows", routes.register)
+    router.add_get("/workflows", routes.list)
+    router.add_get("/workflows/{workflow_name}", routes.describe)
+    router.add_delete("/workflows/{workflow_name}", routes.unregister)
+    router.add_put("/workflows/{workflow_name}", routes.scale)

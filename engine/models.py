@@ -1,0 +1,286 @@
+"""Loading model versions: resolve the url, unpack the archive safely, read its manifest,
+start its workers, and undo all of it when any step fails (no file or worker left behind)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from archiver import ArchiveError, read_model_manifest, unpack
+
+from .config import Config
+from .errors import (BadRequestError, ConflictError, DagserveError, InternalServerError,
+                     ModelNotFoundError)
+from .registry import ModelVersion, Registry
+from .workers.batch_queue import BatchQueue
+from .workers.pool import DeviceAllocator, WorkerPool
+from .workers.process import WorkerSpec, WorkerStartError
+
+log = logging.getLogger("dagserve.models")
+
+SERVER_VERSION = "0.1.0"
+
+
+@dataclass
+class ModelOptions:
+    """What a registration may set; ``None`` means "from the archive config or the default"."""
+
+    model_name: str | None = None
+    handler: str | None = None
+    batch_size: int | None = None
+    max_batch_delay: int | None = None
+    initial_workers: int | None = None
+    max_workers: int | None = None
+    response_timeout: int | None = None
+    startup_timeout: int | None = None
+    owner: str | None = None
+    loaded_at_startup: bool = False
+    version: str | None = None
+
+
+def check_url(url: str, allowed: tuple[str, ...]) -> None:
+    if ".." in url:
+        raise ModelNotFoundError(f"Relative path is not allowed in url: {url}")
+    if re.match(r"^(https?|file)://", url) and not any(re.fullmatch(p, url) for p in allowed):
+        raise ModelNotFoundError(f"Given URL {url} does not match any allowed URL(s)")
+
+
+async def download(url: str, dest: Path, max_bytes: int) -> None:
+    import aiohttp
+
+    try:
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(url) as resp:
+                if resp.status != 200:
+                    raise BadRequestError(f"Failed to download archive from: {url} "
+                                          f"(HTTP {resp.status})")
+                size = 0
+                with dest.open("wb") as fh:
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise BadRequestError(f"Failed to download archive from: {url} "
+                                                  f"(larger than {max_bytes} bytes)")
+                        fh.write(chunk)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise BadRequestError(f"Failed to download archive from: {url} ({exc})") from None
+
+
+def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
+    """The archive's model-config.yaml (``configFile`` in the manifest), ``{}`` without one."""
+    name = (manifest.get("model") or {}).get("configFile")
+    if not name:
+        return {}
+    try:
+        data = yaml.safe_load((model_dir / name).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadRequestError(f"Invalid model config file {name}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+class ModelManager:
+    MAX_ARCHIVE_BYTES = 8 << 30
+
+    def __init__(self, cfg: Config, registry: Registry, *, work_dir: Path,
+                 devices: DeviceAllocator, model_log: TextIO | None, on_change=None):
+        self.cfg = cfg
+        self.registry = registry
+        self.work_dir = work_dir
+        self.sock_dir = work_dir / "sockets"
+        self.sock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.models_dir = work_dir / "models"
+        self.models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.devices = devices
+        self.model_log = model_log
+        self.on_change = on_change or (lambda: None)
+        self.on_metrics = None  # set by the metrics module: (ModelVersion, list[dict]) -> None
+
+    def default_workers(self) -> int:
+        if self.cfg.default_workers_per_model > 0:
+            return self.cfg.default_workers_per_model
+        import os
+
+        return self.devices.gpu_count or os.cpu_count() or 1
+
+    # -- url -> unpacked directory -------------------------------------------------------
+
+    async def fetch(self, url: str, store: Path | None) -> tuple[Path, bool]:
+        """Local path of the archive named by ``url``; True when it is a temporary download."""
+        check_url(url, self.cfg.allowed_urls)
+        if url.startswith(("http://", "https://")):
+            name = Path(urllib.parse.urlparse(url).path).name or "download.mar"
+            tmp = Path(tempfile.mkdtemp(dir=self.work_dir)) / name
+            try:
+                await download(url, tmp, self.MAX_ARCHIVE_BYTES)
+            except BaseException:
+                shutil.rmtree(tmp.parent, ignore_errors=True)
+                raise
+            return tmp, True
+        if url.startswith("file://"):
+            path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+        else:
+            if store is None:
+                raise ModelNotFoundError(f"Model not found in model store: {url} "
+                                         "(no model store configured)")
+            path = store / url
+        if not path.exists():
+            raise ModelNotFoundError(f"Model not found in model store: {url}")
+        return path, False
+
+    async def unpack(self, archive: Path, prefix: str) -> Path:
+        dest = Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.models_dir))
+        dest.rmdir()
+        try:
+            return await asyncio.to_thread(unpack, archive, dest)
+        except ArchiveError as exc:
+            raise BadRequestError(f"Invalid archive {archive.name}: {exc}") from None
+
+    # -- register / scale / unregister ---------------------------------------------------
+
+    async def register(self, url: str, opts: ModelOptions, *, synchronous: bool = True,
+                       store: Path | None = None) -> tuple[ModelVersion, asyncio.Task | None]:
+        """Load a model version and start its initial workers.
+
+        Synchronous: returns once the workers are up (or raises, leaving nothing behind).
+        Otherwise returns at once with the task that starts them."""
+        archive, temporary = await self.fetch(url, self.cfg.model_store if store is None else store)
+        try:
+            model_dir = await self.unpack(archive, Path(url).stem)
+        finally:
+            if temporary:
+                shutil.rmtree(archive.parent, ignore_errors=True)
+        try:
+            manifest = read_model_manifest(model_dir)
+        except ArchiveError as exc:
+            shutil.rmtree(model_dir, ignore_errors=True)
+            raise BadRequestError(f"Invalid model archive {url}: {exc}") from None
+        return await self.register_dir(url, model_dir, opts, name=manifest.model_name,
+                                       version=manifest.model_version, runtime=manifest.runtime,
+                                       handler=manifest.handler or "", manifest=manifest.to_dict(),
+                                       owns_dir=True, synchronous=synchronous)
+
+    async def register_dir(self, url: str, model_dir: Path, opts: ModelOptions, *, name: str,
+                           version: str, runtime: str, handler: str, manifest: dict,
+                           owns_dir: bool, synchronous: bool = True,
+                           ) -> tuple[ModelVersion, asyncio.Task | None]:
+        """Register a model whose files are already in ``model_dir`` (an unpacked archive,
+        or a workflow's directory for a function node). ``owns_dir``: delete it with the
+        model."""
+        try:
+            mv = self._build(url, model_dir, opts, name=name, version=version, runtime=runtime,
+                             handler=handler, manifest=manifest)
+            mv.owns_dir = owns_dir
+            self.registry.reserve(mv.name, mv.version)
+        except BaseException:
+            if owns_dir:
+                shutil.rmtree(model_dir, ignore_errors=True)
+            raise
+        self.registry.add(mv)
+        if not synchronous:
+            task = asyncio.ensure_future(self._start_or_unregister(mv))
+            return mv, task
+        await self._start_or_unregister(mv)
+        return mv, None
+
+    async def _start_or_unregister(self, mv: ModelVersion) -> None:
+        try:
+            await mv.pool.scale(mv.min_workers, mv.max_workers)
+        except (WorkerStartError, OSError) as exc:
+            log.error("model %s version %s failed to start: %s", mv.name, mv.version, exc)
+            await self.unregister(mv.name, mv.version, force=True)
+            raise InternalServerError(
+                f"Failed to start workers for model {mv.name} version: {mv.version} ({exc})") \
+                from None
+        self.on_change()
+
+    def _build(self, url: str, model_dir: Path, opts: ModelOptions, *, name: str, version: str,
+               runtime: str, handler: str, manifest: dict) -> ModelVersion:
+        name = opts.model_name or name
+        version = opts.version or version
+        raw = manifest
+        acfg = archive_config(model_dir, raw)
+        per_model = (self.cfg.models.get(name) or {}).get(version, {}) if self.cfg.models else {}
+
+        def pick(value, *keys, default):
+            if value is not None:
+                return value
+            for src in (per_model, acfg):
+                for k in keys:
+                    if k in src:
+                        return int(src[k])
+            return default
+
+        handler = opts.handler or handler or ""
+        if not handler:
+            raise BadRequestError(f"Model archive {url} names no handler")
+        batch_size = pick(opts.batch_size, "batchSize", default=self.cfg.batch_size)
+        delay = pick(opts.max_batch_delay, "maxBatchDelay", default=self.cfg.max_batch_delay)
+        default_workers = self.default_workers() if opts.loaded_at_startup else 0
+        min_workers = pick(opts.initial_workers, "minWorkers", default=default_workers)
+        max_workers = pick(opts.max_workers, "maxWorkers", default=max(min_workers, 1))
+        rt = pick(opts.response_timeout, "responseTimeout", default=self.cfg.default_response_timeout)
+        st = pick(opts.startup_timeout, "startupTimeout", default=self.cfg.default_startup_timeout)
+        if batch_size < 1 or delay < 0 or min_workers < 0 or max_workers < min_workers:
+            raise BadRequestError("batch_size must be >= 1, max_batch_delay >= 0 and "
+                                  "0 <= min workers <= max workers")
+        spec = WorkerSpec(model_name=name, model_dir=model_dir, handler=handler,
+                          batch_size=batch_size, response_timeout=rt, startup_timeout=st,
+                          decode_input=self.cfg.decode_input_request,
+                          server_version=SERVER_VERSION)
+        queue = BatchQueue(name, batch_size, self.cfg.job_queue_size)
+        mv_holder: list[ModelVersion] = []
+        pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
+                          log_file=self.model_log,
+                          on_metrics=lambda m: self._metrics(mv_holder, m))
+        mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
+                          manifest=raw, handler=handler, runtime=runtime,
+                          batch_size=batch_size, max_batch_delay=delay, response_timeout=rt,
+                          startup_timeout=st, queue=queue, pool=pool, min_workers=min_workers,
+                          max_workers=max_workers, loaded_at_startup=opts.loaded_at_startup,
+                          owner=opts.owner)
+        mv_holder.append(mv)
+        return mv
+
+    def _metrics(self, holder: list[ModelVersion], metrics: list[dict]) -> None:
+        if self.on_metrics is not None and holder:
+            self.on_metrics(holder[0], metrics)
+
+    async def scale(self, mv: ModelVersion, min_workers: int, max_workers: int) -> None:
+        mv.min_workers, mv.max_workers = min_workers, max_workers
+        try:
+            await mv.pool.scale(min_workers, max_workers)
+        finally:
+            self.on_change()
+
+    async def unregister(self, name: str, version: str | None = None, *,
+                         force: bool = False) -> ModelVersion:
+        mv = self.registry.get(name, version)
+        if mv.owner is not None and not force:
+            raise ConflictError(f"Model {name} belongs to workflow {mv.owner}; "
+                                f"unregister the workflow instead")
+        self.registry.remove(mv.name, mv.version)
+        try:
+            await mv.pool.close()
+        finally:
+            if mv.owns_dir:
+                shutil.rmtree(mv.model_dir, ignore_errors=True)
+            self.on_change()
+        return mv
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(mv.pool.close() for mv in self.registry.all_versions()),
+                             return_exceptions=True)
+
+
+def is_error(exc: BaseException) -> bool:
+    return isinstance(exc, DagserveError)

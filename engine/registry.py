@@ -1,0 +1,157 @@
+"""What the server holds: registered model versions (with their default version) and
+workflows. Plain bookkeeping: loading and starting workers live in ``models.py`` and
+``workflow_manager.py``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConflictError, ModelNotFoundError, WorkflowNotFoundError
+from .workers.batch_queue import BatchQueue
+from .workers.pool import WorkerPool
+
+
+@dataclass
+class ModelStats:
+    """Counters kept as plain numbers on the hot path; exported at scrape time."""
+
+    requests: int = 0
+    latency_us: float = 0.0
+    status_2xx: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+    handler_metrics: dict[tuple, list] = field(default_factory=dict)
+
+    def count(self, status: int, latency_s: float) -> None:
+        self.requests += 1
+        self.latency_us += latency_s * 1e6
+        if status < 300:
+            self.status_2xx += 1
+        elif status < 500:
+            self.status_4xx += 1
+        else:
+            self.status_5xx += 1
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: str
+    url: str
+    model_dir: Path
+    manifest: dict[str, Any]
+    handler: str
+    runtime: str
+    batch_size: int
+    max_batch_delay: int
+    response_timeout: int
+    startup_timeout: int
+    queue: BatchQueue
+    pool: WorkerPool
+    min_workers: int = 1
+    max_workers: int = 1
+    loaded_at_startup: bool = False
+    owner: str | None = None  # the workflow a node model belongs to
+    owns_dir: bool = True  # model_dir is deleted with the model (not for function nodes)
+    stats: ModelStats = field(default_factory=ModelStats)
+    registered_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class WorkflowEntry:
+    name: str
+    url: str
+    compiled: Any  # workflows.CompiledWorkflow
+    workflow_dir: Path
+    node_models: dict[str, ModelVersion]  # dag node name -> its model (function nodes too)
+    spec_settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._defaults: dict[str, str] = {}
+        self._reserved: set[tuple[str, str]] = set()
+        self.workflows: dict[str, WorkflowEntry] = {}
+        self._reserved_workflows: set[str] = set()
+
+    # -- models -----------------------------------------------------------------------
+
+    def reserve(self, name: str, version: str) -> None:
+        """Claim a name+version before loading it, so two concurrent registrations of the
+        same model cannot both win."""
+        if (name, version) in self._reserved or version in self._models.get(name, {}):
+            raise ConflictError(f"Model version {version} is already registered for model {name}")
+        self._reserved.add((name, version))
+
+    def release(self, name: str, version: str) -> None:
+        self._reserved.discard((name, version))
+
+    def add(self, mv: ModelVersion) -> None:
+        self._reserved.discard((mv.name, mv.version))
+        versions = self._models.setdefault(mv.name, {})
+        versions[mv.version] = mv
+        self._defaults.setdefault(mv.name, mv.version)
+
+    def remove(self, name: str, version: str) -> ModelVersion:
+        versions = self._models[name]
+        mv = versions.pop(version)
+        if not versions:
+            del self._models[name]
+            del self._defaults[name]
+        elif self._defaults[name] == version:
+            self._defaults[name] = sorted(versions)[-1]
+        return mv
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        versions = self._models.get(name)
+        if versions is None:
+            raise ModelNotFoundError(f"Model not found: {name}")
+        if version is None:
+            return versions[self._defaults[name]]
+        mv = versions.get(version)
+        if mv is None:
+            raise ModelNotFoundError(f"Model version: {version} does not exist for model: {name}")
+        return mv
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        if name not in self._models:
+            raise ModelNotFoundError(f"Model not found: {name}")
+        return list(self._models[name].values())
+
+    def default_version(self, name: str) -> str:
+        self.versions(name)
+        return self._defaults[name]
+
+    def set_default(self, name: str, version: str) -> None:
+        self.get(name, version)
+        self._defaults[name] = version
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [mv for name in sorted(self._models) for mv in self._models[name].values()]
+
+    # -- workflows --------------------------------------------------------------------
+
+    def reserve_workflow(self, name: str) -> None:
+        if name in self.workflows or name in self._reserved_workflows:
+            raise ConflictError(f"Workflow {name} is already registered.")
+        self._reserved_workflows.add(name)
+
+    def release_workflow(self, name: str) -> None:
+        self._reserved_workflows.discard(name)
+
+    def add_workflow(self, entry: WorkflowEntry) -> None:
+        self._reserved_workflows.discard(entry.name)
+        self.workflows[entry.name] = entry
+
+    def workflow(self, name: str) -> WorkflowEntry:
+        entry = self.workflows.get(name)
+        if entry is None:
+            raise WorkflowNotFoundError(f"Workflow not found: {name}")
+        return entry

@@ -1,0 +1,156 @@
+"""Run one workflow request over a compiled DAG with anyio.
+
+Every node whose parents are done starts at once. A node gets what TorchServe gives it: the
+start node the request's own parameters, a node with one parent ``{"body": bytes}``, a node
+with several ``{parent_name: bytes}``. Each attempt at a node is bounded by its
+``timeout-ms`` (the attempt is cancelled: its job leaves the queue, and a late result is
+dropped) and retried ``retry-attempts`` times with exponential backoff. The first node that
+fails for good cancels everything still running for the request. All tasks live in the
+request's task group, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+
+from .errors import DagserveError
+from .workers.protocol import Param, Request, Response
+
+BACKOFF_BASE_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+
+class NodeTarget(Protocol):
+    """What the scheduler needs of a node: a queue to submit to (a model version)."""
+
+    queue: object
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    name: str
+    parents: tuple[str, ...]
+    children: tuple[str, ...]
+    timeout_s: float
+    retries: int
+
+
+class NodeFailed(Exception):
+    def __init__(self, node: str, status: int, reason: str):
+        super().__init__(f"Error executing {node}: {reason}")
+        self.node = node
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Plan:
+    """The compiled DAG reduced to what a request needs, built once per registration."""
+
+    start: str
+    leaves: tuple[str, ...]
+    nodes: dict[str, NodePlan]
+
+    @classmethod
+    def from_compiled(cls, compiled) -> "Plan":
+        nodes = {}
+        for name in compiled.topo_order:
+            settings = compiled.graph.nodes[name]["settings"]
+            nodes[name] = NodePlan(name, tuple(compiled.parents.get(name, ())),
+                                   tuple(compiled.children.get(name, ())),
+                                   settings.timeout_ms / 1000.0, settings.retry_attempts)
+        return cls(compiled.start, tuple(compiled.leaves), nodes)
+
+
+def node_inputs(plan: NodePlan, request: Request, outputs: dict[str, Response]) -> list[Param]:
+    if not plan.parents:
+        return request.params
+    if len(plan.parents) == 1:
+        return [Param("body", None, outputs[plan.parents[0]].value)]
+    return [Param(p, None, outputs[p].value) for p in plan.parents]
+
+
+def final_response(plan: Plan, outputs: dict[str, Response]) -> Response:
+    if len(plan.leaves) == 1:
+        return outputs[plan.leaves[0]]
+    merged = {}
+    for leaf in plan.leaves:
+        raw = outputs[leaf].value
+        try:
+            merged[leaf] = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            merged[leaf] = raw.decode("utf-8", "replace")
+    return Response("", 200, json.dumps(merged, indent=2).encode(), "application/json")
+
+
+async def call_node(plan: NodePlan, target, request: Request, params: list[Param]) -> Response:
+    """One node, with its timeout per attempt and retries with backoff."""
+    last = "no attempt made"
+    status = 500
+    for attempt in range(plan.retries + 1):
+        if attempt:
+            await anyio.sleep(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+        try:
+            with anyio.fail_after(plan.timeout_s):
+                target.pool.check_can_serve()
+                resp: Response = await target.queue.submit(
+                    Request(request.id, params, request.headers))
+        except TimeoutError:
+            last, status = f"timed out after {plan.timeout_s * 1000:g} ms", 500
+            continue
+        except DagserveError as exc:
+            last, status = exc.message, exc.status
+            continue
+        if resp.code < 400:
+            return resp
+        last = resp.message or resp.value.decode("utf-8", "replace") or f"status {resp.code}"
+        if resp.code < 500:  # the node refused its input: retrying cannot help
+            raise NodeFailed(plan.name, resp.code, last)
+        status = 500
+    raise NodeFailed(plan.name, status if status < 500 else 500, last)
+
+
+async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
+    """Run the DAG for one request; raises NodeFailed naming the first node that failed."""
+    outputs: dict[str, Response] = {}
+    waiting = {name: len(n.parents) for name, n in plan.nodes.items()}
+
+    async def run_from(name: str) -> None:
+        # Run this node, then its first ready child inline (a chain stays in one task);
+        # other ready children get tasks of their own.
+        while True:
+            node = plan.nodes[name]
+            outputs[name] = await call_node(node, targets[name], request,
+                                            node_inputs(node, request, outputs))
+            ready = []
+            for child in node.children:
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    ready.append(child)
+            if not ready:
+                return
+            for child in ready[1:]:
+                tg.start_soon(run_from, child)
+            name = ready[0]
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_from, plan.start)
+    except BaseExceptionGroup as group:
+        failed = group.subgroup(NodeFailed)
+        if failed is not None:
+            raise _first(failed) from None
+        raise
+    return final_response(plan, outputs)
+
+
+def _first(group: BaseExceptionGroup) -> NodeFailed:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, NodeFailed)
+    return exc

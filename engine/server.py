@@ -1,0 +1,213 @@
+"""Assemble and run the server: logs, registry, model manager, the three HTTP apps, the
+models and workflows to load at start; stop everything on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from .config import Config, split_address
+from .errors import DagserveError
+from .frontend.inference import build_inference_app
+from .frontend.middleware import make_common_middleware
+from .models import ModelManager, ModelOptions
+from .registry import Registry
+from .workers.pool import DeviceAllocator, visible_gpu_count
+
+log = logging.getLogger("dagserve.server")
+
+STARTED_LINE = "Model server started."
+
+
+def startup_model_entries(cfg: Config) -> list[tuple[str | None, str]]:
+    """``--models`` / ``load_models`` as (name or None, url) pairs; ``all`` = every archive
+    in the model store."""
+    entries: list[tuple[str | None, str]] = []
+    for item in cfg.load_models:
+        if item == "all":
+            store = cfg.model_store
+            if store is not None and store.is_dir():
+                for path in sorted(store.iterdir()):
+                    if path.suffix == ".mar" or path.name.endswith(".tar.gz") or \
+                            (path.is_dir() and (path / "MAR-INF").is_dir()):
+                        entries.append((None, path.name))
+            continue
+        name, sep, url = item.partition("=")
+        entries.append((name, url) if sep else (None, item))
+    return entries
+
+
+class Server:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.registry = Registry()
+        self.runners: list[web.AppRunner] = []
+        self.work_dir: Path | None = None
+        self.model_log = None
+        self.logs = None
+        self.models: ModelManager | None = None
+        self.workflows = None
+        self.metrics = None
+        self.snapshots = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        from .logs import setup_logging
+
+        self.logs = setup_logging(cfg)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="dagserve-"))
+        os.chmod(self.work_dir, 0o700)
+        self.model_log = open(cfg.log_dir / "model_log.log", "ab", buffering=0)
+        devices = DeviceAllocator(visible_gpu_count(cfg.number_of_gpu))
+        self.models = ModelManager(cfg, self.registry, work_dir=self.work_dir, devices=devices,
+                                   model_log=self.model_log, on_change=self._changed)
+        await self._start_extensions()
+        access = getattr(self.logs, "access", None)
+        if access is not None and hasattr(access, "start"):
+            access.start()
+        common = make_common_middleware(access)
+        auth = self._auth_middlewares()
+        run_workflow = self.workflows.run if self.workflows is not None else None
+        inference = build_inference_app(
+            self.registry, middlewares=[common, *auth.get("inference", [])],
+            max_request_size=cfg.max_request_size, run_workflow=run_workflow)
+        apps = [(cfg.inference_address, inference)]
+        management = self._management_app(common, auth.get("management", []))
+        if management is not None:
+            apps.append((cfg.management_address, management))
+        metrics_app = self._metrics_app(common)
+        if metrics_app is not None:
+            apps.append((cfg.metrics_address, metrics_app))
+        for address, app in apps:
+            host, port = split_address(address)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            self.runners.append(runner)
+            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+        await self._load_at_start()
+
+    # -- optional parts: each is wired in when its module exists ---------------------------
+
+    async def _start_extensions(self) -> None:
+        try:
+            from .workflow_manager import WorkflowManager
+        except ImportError:
+            WorkflowManager = None  # type: ignore[assignment]
+        if WorkflowManager is not None:
+            self.workflows = WorkflowManager(self.cfg, self.registry, self.models)
+        try:
+            from .metrics import MetricsCollector
+        except ImportError:
+            MetricsCollector = None  # type: ignore[assignment]
+        if MetricsCollector is not None:
+            self.metrics = MetricsCollector(self.registry)
+            self.models.on_metrics = self.metrics.record_handler_metrics
+
+    def _auth_middlewares(self) -> dict[str, list]:
+        if self.cfg.disable_token_authorization:
+            return {}
+        from .auth import KeyStore, make_auth_middleware
+
+        self.keys = KeyStore.load_or_create(self.cfg.key_file)
+        return {kind: [make_auth_middleware(self.keys, kind)]
+                for kind in ("inference", "management")}
+
+    def _management_app(self, common, auth: list) -> web.Application | None:
+        try:
+            from .frontend.management import build_management_app
+        except ImportError:
+            return None
+        return build_management_app(self, middlewares=[common, *auth])
+
+    def _metrics_app(self, common) -> web.Application | None:
+        if self.metrics is None:
+            return None
+        from .frontend.metrics_api import build_metrics_app
+
+        return build_metrics_app(self.metrics, middlewares=[common])
+
+    def _changed(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.changed()
+
+    async def _load_at_start(self) -> None:
+        assert self.models is not None
+        restored = False
+        if self.cfg.snapshots:
+            try:
+                from .snapshot import SnapshotManager
+            except ImportError:
+                SnapshotManager = None  # type: ignore[assignment]
+            if SnapshotManager is not None:
+                self.snapshots = SnapshotManager(self)
+                restored = await self.snapshots.restore_latest()
+        if not restored:
+            for name, url in startup_model_entries(self.cfg):
+                try:
+                    await self.models.register(url, ModelOptions(model_name=name,
+                                                                 loaded_at_startup=True))
+                except DagserveError as exc:
+                    log.error("could not load model %s at start: %s", url, exc.message)
+            if self.workflows is not None:
+                await self.workflows.load_at_start()
+        if self.snapshots is not None:
+            self.snapshots.write("startup")
+
+    async def stop(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.write("shutdown")
+        for runner in self.runners:
+            await runner.cleanup()
+        if self.models is not None:
+            await self.models.close_all()
+        access = getattr(self.logs, "access", None)
+        if access is not None and hasattr(access, "close"):
+            access.close()
+        if self.model_log is not None:
+            self.model_log.close()
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+async def serve(cfg: Config) -> None:
+    server = Server(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        print(STARTED_LINE, flush=True)
+        log.info(STARTED_LINE)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await server.stop()
+
+
+def run(cfg: Config) -> int:
+    try:
+        import uvloop  # optional: faster event loop
+    except ImportError:
+        uvloop = None
+    try:
+        if uvloop is not None:
+            uvloop.run(serve(cfg))
+        else:
+            asyncio.run(serve(cfg))
+    except DagserveError as exc:
+        print(f"dagserve: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dagserve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,169 @@
+"""The workers of one model version: start them, keep ``min_workers`` of them alive
+(restarting a dead one with backoff), scale up and down, stop them all.
+
+Each worker gets one device (round-robin over visible GPUs, else CPU) and, on CPU, its share
+of the cores as torch's thread count, so workers split the machine instead of fighting."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from pathlib import Path
+from typing import Callable, TextIO
+
+from ..errors import ServiceUnavailableError
+from .batch_queue import BatchQueue
+from .process import WorkerProcess, WorkerSpec, WorkerStartError
+
+log = logging.getLogger("dagserve.workers")
+
+MAX_BACKOFF_S = 30.0
+
+
+class DeviceAllocator:
+    """Hands out GPU ids round-robin; ``None`` (CPU) when there is no GPU."""
+
+    def __init__(self, gpu_count: int):
+        self.gpu_count = gpu_count
+        self._next = itertools.count()
+
+    def next(self) -> int | None:
+        return next(self._next) % self.gpu_count if self.gpu_count > 0 else None
+
+
+def visible_gpu_count(configured: int | None) -> int:
+    if configured is not None:
+        return configured
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # torch missing or broken CUDA: serve on CPU
+        return 0
+
+
+class WorkerPool:
+    def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
+                 sock_dir: Path, log_file: TextIO | None,
+                 on_metrics: Callable[[list[dict]], None] | None = None):
+        self.spec = spec
+        self.queue = queue
+        self.devices = devices
+        self.sock_dir = sock_dir
+        self.log_file = log_file
+        self.on_metrics = on_metrics
+        self.workers: list[WorkerProcess] = []
+        self.min_workers = 0
+        self.max_workers = 0
+        self._closed = False
+        self._failures = 0
+        self._restarts: set[asyncio.Task] = set()
+
+    @property
+    def live_workers(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.alive]
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers if w.alive and w.status == "READY")
+
+    def _threads(self) -> int:
+        if self.devices.gpu_count:
+            return 0
+        return max(1, (os.cpu_count() or 1) // max(1, self.min_workers))
+
+    async def _start_one(self) -> WorkerProcess:
+        worker = WorkerProcess(self.spec, sock_dir=self.sock_dir, gpu_id=self.devices.next(),
+                               threads=self._threads(), log_file=self.log_file,
+                               on_idle=self.queue.worker_ready, on_exit=self._on_exit,
+                               on_metrics=self.on_metrics)
+        self.workers.append(worker)
+        try:
+            await worker.start()
+        except BaseException:
+            if worker in self.workers:
+                self.workers.remove(worker)
+            raise
+        if self._closed:
+            await worker.stop()
+            raise WorkerStartError("model was unregistered while its worker started")
+        self._failures = 0
+        self.queue.worker_ready(worker)
+        return worker
+
+    async def scale(self, min_workers: int, max_workers: int) -> None:
+        """Start or stop workers until ``min_workers`` are live; raises WorkerStartError when
+        one cannot start (those already started stay)."""
+        self.min_workers, self.max_workers = min_workers, max_workers
+        live = self.live_workers
+        if len(live) > min_workers:
+            extra = [w for w in live if not w.busy][: len(live) - min_workers]
+            extra += [w for w in live if w.busy][: len(live) - min_workers - len(extra)]
+            await asyncio.gather(*(self._retire(w) for w in extra))
+        missing = min_workers - len(self.live_workers)
+        if missing > 0:
+            results = await asyncio.gather(*(self._start_one() for _ in range(missing)),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0] if isinstance(errors[0], WorkerStartError) else \
+                    WorkerStartError(str(errors[0]))
+
+    async def _retire(self, worker: WorkerProcess) -> None:
+        self.queue.worker_gone(worker)
+        await worker.stop()
+
+    def _on_exit(self, worker: WorkerProcess, reason: str) -> None:
+        self.queue.worker_gone(worker)
+        if worker in self.workers:
+            self.workers.remove(worker)
+        if worker.status == "STOPPED" or self._closed:
+            return
+        log.warning("worker %s (pid %s) of %s exited: %s", worker.id, worker.pid,
+                    self.spec.model_name, reason)
+        if not self.live_workers and not self._restarts and self.min_workers == 0:
+            self.queue.fail_pending(self.no_worker_error())
+        if len(self.live_workers) + len(self._restarts) < self.min_workers:
+            task = asyncio.ensure_future(self._restart())
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self) -> None:
+        delay = min(MAX_BACKOFF_S, 0.25 * (2 ** self._failures))
+        self._failures += 1
+        await asyncio.sleep(delay)
+        if self._closed or len(self.live_workers) >= self.min_workers:
+            return
+        try:
+            await self._start_one()
+            log.info("restarted a worker of %s", self.spec.model_name)
+        except WorkerStartError as exc:
+            log.error("could not restart a worker of %s: %s", self.spec.model_name, exc)
+            if not self.live_workers:
+                self.queue.fail_pending(ServiceUnavailableError(
+                    f"Model \"{self.spec.model_name}\" could not restart its worker: {exc}"))
+            if not self._closed and len(self.live_workers) < self.min_workers:
+                task = asyncio.ensure_future(self._restart())
+                self._restarts.add(task)
+                task.add_done_callback(self._restarts.discard)
+
+    def no_worker_error(self) -> ServiceUnavailableError:
+        return ServiceUnavailableError(
+            f"Model \"{self.spec.model_name}\" has no worker to serve inference request. "
+            "Please use scale workers API to add workers.")
+
+    def check_can_serve(self) -> None:
+        """Refuse at once when no worker is live or coming back."""
+        if not self.live_workers and not self._restarts:
+            raise self.no_worker_error()
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._restarts):
+            task.cancel()
+        workers = list(self.workers)
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        self.queue.fail_pending(ServiceUnavailableError(
+            f"Model \"{self.spec.model_name}\" was unregistered"))

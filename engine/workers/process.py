@@ -1,0 +1,253 @@
+"""One worker process: spawn it, wait for its ``ready`` frame, send it batches, collect
+results, and notice at once when it dies or passes its response timeout.
+
+A worker that dies fails the requests it held with a 5xx right away (never a hang); the pool
+decides whether to start another."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+from ..errors import WorkerError
+from . import protocol
+from .connection import WorkerConnection
+
+log = logging.getLogger("dagserve.workers")
+
+_ids = itertools.count(9000)
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker of one model version needs to load and serve it."""
+
+    model_name: str
+    model_dir: Path
+    handler: str
+    batch_size: int = 1
+    response_timeout: float = 120.0
+    startup_timeout: float = 120.0
+    decode_input: bool = True
+    config_file: str | None = None
+    server_version: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Job:
+    request: protocol.Request
+    future: asyncio.Future
+    enqueued: float
+
+
+class WorkerStartError(Exception):
+    """The worker could not load its handler (or did not say so in time)."""
+
+
+class WorkerProcess:
+    def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
+                 log_file: TextIO | None, on_idle: Callable[["WorkerProcess"], None],
+                 on_exit: Callable[["WorkerProcess", str], None],
+                 on_metrics: Callable[[list[dict]], None] | None = None):
+        self.spec = spec
+        self.id = str(next(_ids))
+        self.gpu_id = gpu_id
+        self.threads = threads
+        self.status = "STARTING"
+        self.start_time = time.time()
+        self.pid: int | None = None
+        self._sock_path = sock_dir / f"w{self.id}.sock"
+        self._log_file = log_file
+        self._on_idle = on_idle
+        self._on_exit = on_exit
+        self._on_metrics = on_metrics
+        self._proc: asyncio.subprocess.Process | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._conn: WorkerConnection | None = None
+        self._ready: asyncio.Future | None = None
+        self._inflight: list[Job] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._dead = False
+        self._stopping = False
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        conn_made = loop.create_future()
+
+        def factory() -> WorkerConnection:
+            conn = WorkerConnection(self._on_frame, self._on_conn_lost)
+            self._conn = conn
+            if not conn_made.done():
+                conn_made.set_result(conn)
+            return conn
+
+        self._server = await loop.create_unix_server(factory, path=str(self._sock_path))
+        os.chmod(self._sock_path, 0o600)
+        settings = {
+            "socket": str(self._sock_path), "model_dir": str(self.spec.model_dir),
+            "model_name": self.spec.model_name, "handler": self.spec.handler,
+            "gpu_id": self.gpu_id, "batch_size": self.spec.batch_size, "threads": self.threads,
+            "decode_input": self.spec.decode_input, "server_version": self.spec.server_version,
+            "config_file": self.spec.config_file, **self.spec.extra,
+        }
+        out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.workers.main", "--settings", json.dumps(settings),
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            cwd=str(self.spec.model_dir), start_new_session=True)
+        self.pid = self._proc.pid
+        watcher = asyncio.ensure_future(self._watch_exit())
+        try:
+            async with asyncio.timeout(self.spec.startup_timeout):
+                done, _ = await asyncio.wait({self._ready, watcher},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if self._ready.done():
+                self._ready.result()  # raises WorkerStartError on load_failed
+            else:
+                raise WorkerStartError(f"worker exited with code {self._proc.returncode} "
+                                       "before it loaded the model")
+        except TimeoutError:
+            self.kill()
+            raise WorkerStartError(f"worker did not load the model within "
+                                   f"{self.spec.startup_timeout:g} s") from None
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            self._server.close()
+            try:
+                self._sock_path.unlink()
+            except FileNotFoundError:
+                pass
+        self.status = "READY"
+        self.start_time = time.time()
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        self._die(f"Worker died (exit code {code}).")
+
+    def kill(self) -> None:
+        """Kill the process (and anything it started); used on timeout and shutdown."""
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    async def stop(self) -> None:
+        """Stop on purpose: close the socket (the worker exits on EOF), kill if it lingers."""
+        self._stopping = True
+        self.status = "UNLOADING"
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except TimeoutError:
+                self.kill()
+                await self._proc.wait()
+        self._die("Worker stopped.")
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._inflight)
+
+    # -- batches ------------------------------------------------------------------------
+
+    def dispatch(self, jobs: list[Job]) -> None:
+        assert self._conn is not None and not self._inflight
+        self._inflight = jobs
+        try:
+            self._conn.send(protocol.encode_predict([j.request for j in jobs]))
+        except ConnectionError:
+            self._die("Worker connection closed.")
+            return
+        timeout = self.spec.response_timeout
+        if timeout > 0:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        log.warning("worker %s of %s passed its response timeout (%g s); killing it",
+                    self.id, self.spec.model_name, self.spec.response_timeout)
+        self._fail_inflight(WorkerError(
+            f"Worker timed out after {self.spec.response_timeout:g} s", 504))
+        self.kill()
+
+    # -- frames from the worker ---------------------------------------------------------
+
+    def _on_frame(self, meta: dict, body: bytes) -> None:
+        op = meta.get("op")
+        if op == "result":
+            self._on_result(meta, body)
+        elif op == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+        elif op == "load_failed":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(WorkerStartError(meta.get("message", "load failed")))
+        else:
+            log.warning("worker %s sent an unknown frame %r", self.id, op)
+
+    def _on_result(self, meta: dict, body: bytes) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        jobs, self._inflight = self._inflight, []
+        responses = protocol.decode_result(meta, body)
+        for job, resp in zip(jobs, responses):
+            if not job.future.done():
+                job.future.set_result(resp)
+        for job in jobs[len(responses):]:
+            if not job.future.done():
+                job.future.set_exception(WorkerError("number of batch response mismatched", 503))
+        metrics = meta.get("metrics")
+        if metrics and self._on_metrics is not None:
+            self._on_metrics(metrics)
+        if not self._dead:
+            self._on_idle(self)
+
+    def _on_conn_lost(self, exc: Exception | None) -> None:
+        if self._ready is not None and not self._ready.done():
+            return  # start() reports it
+        self._die("Worker died." if exc is None else f"Worker connection failed: {exc}")
+
+    # -- death --------------------------------------------------------------------------
+
+    def _fail_inflight(self, error: Exception) -> None:
+        jobs, self._inflight = self._inflight, []
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _die(self, reason: str) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.status = "STOPPED" if self._stopping else "DEAD"
+        self._fail_inflight(WorkerError(reason, 500))
+        if self._conn is not None:
+            self._conn.close()
+        self.kill()
+        self._on_exit(self, reason)

@@ -1,0 +1,213 @@
+"""Workflows: register a .war (validate and compile its spec, start one model per DAG node,
+all or nothing), run requests through the scheduler, rescale, unregister, and the entries
+that snapshots keep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from archiver import ArchiveError, read_workflow_manifest
+from workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
+                       load_spec_file)
+
+from .config import Config
+from .errors import BadRequestError, DagserveError, InternalServerError, WorkflowNotFoundError
+from .models import ModelManager, ModelOptions
+from .registry import ModelVersion, Registry, WorkflowEntry
+from .scheduler import NodeFailed, Plan, run_plan
+from .workers.protocol import Request, Response
+
+log = logging.getLogger("dagserve.workflows")
+
+
+@dataclass
+class RunnableWorkflow:
+    """What a request needs: the plan and each node's model, resolved once."""
+
+    plan: Plan
+    targets: dict[str, ModelVersion]
+
+
+def node_model_name(workflow: str, node: str) -> str:
+    return f"{workflow}__{node}"
+
+
+class WorkflowManager:
+    def __init__(self, cfg: Config, registry: Registry, models: ModelManager):
+        self.cfg = cfg
+        self.registry = registry
+        self.models = models
+        self._runnable: dict[str, RunnableWorkflow] = {}
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def run(self, name: str, request: Request) -> Response:
+        runnable = self._runnable.get(name)
+        if runnable is None:
+            raise WorkflowNotFoundError(f"Workflow not found: {name}")
+        try:
+            return await run_plan(runnable.plan, runnable.targets, request)
+        except NodeFailed as exc:
+            raise InternalServerError(str(exc), exc.status) from None
+
+    # -- registration ---------------------------------------------------------------------
+
+    async def register(self, url: str, name: str | None = None) -> WorkflowEntry:
+        archive, temporary = await self.models.fetch(url, self.cfg.workflow_store)
+        try:
+            wf_dir = await self.models.unpack(archive, Path(url).stem)
+        finally:
+            if temporary:
+                shutil.rmtree(archive.parent, ignore_errors=True)
+        try:
+            manifest = read_workflow_manifest(wf_dir)
+            name = name or manifest.workflow_name
+            self.registry.reserve_workflow(name)
+        except ArchiveError as exc:
+            shutil.rmtree(wf_dir, ignore_errors=True)
+            raise BadRequestError(f"Invalid workflow archive {url}: {exc}") from None
+        except BaseException:
+            shutil.rmtree(wf_dir, ignore_errors=True)
+            raise
+        try:
+            compiled = self._compile(wf_dir, manifest, name)
+            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler)
+        except BaseException:
+            self.registry.release_workflow(name)
+            shutil.rmtree(wf_dir, ignore_errors=True)
+            raise
+        entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
+                              node_models=nodes)
+        self.registry.add_workflow(entry)
+        self._runnable[name] = RunnableWorkflow(Plan.from_compiled(compiled), nodes)
+        self.models.on_change()
+        return entry
+
+    def _compile(self, wf_dir: Path, manifest, name: str) -> CompiledWorkflow:
+        try:
+            compiled = load_spec_file(wf_dir / manifest.spec_file, name=name)
+            if compiled.functions:
+                handler_file = wf_dir / handler_file_name(manifest.handler)
+                available = list_module_functions(handler_file) if handler_file.exists() else set()
+                check_functions(compiled, available)
+        except SpecError as exc:
+            raise BadRequestError(f"Invalid workflow specification: {exc}") from None
+        return compiled
+
+    async def _start_nodes(self, name: str, compiled: CompiledWorkflow, wf_dir: Path,
+                           handler: str) -> dict[str, ModelVersion]:
+        started: dict[str, ModelVersion] = {}
+
+        async def start(node: str) -> None:
+            settings = compiled.graph.nodes[node]["settings"]
+            opts = ModelOptions(model_name=node_model_name(name, node),
+                                batch_size=settings.batch_size,
+                                max_batch_delay=settings.max_batch_delay_ms,
+                                initial_workers=max(1, settings.min_workers),
+                                max_workers=max(settings.max_workers, settings.min_workers, 1),
+                                owner=name)
+            if compiled.graph.nodes[node]["kind"] == "model":
+                mv, _ = await self.models.register(compiled.models[node].url, opts,
+                                                   store=self.cfg.model_store)
+            else:
+                mv, _ = await self.models.register_dir(
+                    f"{name}:{node}", wf_dir, opts, name=opts.model_name or node, version="1.0",
+                    runtime="python", handler=f"{Path(handler_file_name(handler)).stem}:{node}",
+                    manifest={}, owns_dir=False)
+            started[node] = mv
+
+        results = await asyncio.gather(*(start(n) for n in compiled.topo_order),
+                                       return_exceptions=True)
+        failures = [(n, r) for n, r in zip(compiled.topo_order, results)
+                    if isinstance(r, BaseException)]
+        if failures:
+            await asyncio.gather(*(self.models.unregister(mv.name, mv.version, force=True)
+                                   for mv in started.values()), return_exceptions=True)
+            reasons = [f"{n}: {getattr(r, 'message', None) or r}" for n, r in failures]
+            raise InternalServerError(f"Workflow {name} has failed to register. "
+                                      f"Failures: {reasons}")
+        return started
+
+    async def unregister(self, name: str) -> None:
+        entry = self.registry.workflow(name)
+        del self.registry.workflows[name]
+        self._runnable.pop(name, None)
+        try:
+            await asyncio.gather(*(self.models.unregister(mv.name, mv.version, force=True)
+                                   for mv in entry.node_models.values()),
+                                 return_exceptions=True)
+        finally:
+            shutil.rmtree(entry.workflow_dir, ignore_errors=True)
+            self.models.on_change()
+
+    async def scale(self, name: str, min_workers: int | None, max_workers: int | None) -> None:
+        entry = self.registry.workflow(name)
+        await asyncio.gather(*(self.models.scale(
+            mv, mv.min_workers if min_workers is None else min_workers,
+            max(mv.max_workers if max_workers is None else max_workers,
+                mv.min_workers if min_workers is None else min_workers))
+            for mv in entry.node_models.values()))
+
+    # -- start and snapshots --------------------------------------------------------------
+
+    def start_entries(self) -> list[tuple[str | None, str]]:
+        entries: list[tuple[str | None, str]] = []
+        for item in self.cfg.load_workflows:
+            if item == "all":
+                store = self.cfg.workflow_store
+                if store is not None and store.is_dir():
+                    entries += [(None, p.name) for p in sorted(store.glob("*.war"))]
+                continue
+            wf_name, sep, url = item.partition("=")
+            entries.append((wf_name, url) if sep else (None, item))
+        return entries
+
+    async def load_at_start(self) -> None:
+        for name, url in self.start_entries():
+            try:
+                await self.register(url, name)
+            except DagserveError as exc:
+                log.error("could not load workflow %s at start: %s", url, exc.message)
+
+    def snapshot_entries(self) -> list[dict]:
+        return [{"name": e.name, "url": e.url,
+                 "nodes": {node: {"minWorkers": mv.min_workers, "maxWorkers": mv.max_workers}
+                           for node, mv in e.node_models.items()}}
+                for e in self.registry.workflows.values()]
+
+    async def restore(self, entries: list[dict]) -> None:
+        for item in entries:
+            try:
+                entry = await self.register(item["url"], item["name"])
+            except DagserveError as exc:
+                log.error("could not restore workflow %s: %s", item.get("name"), exc.message)
+                continue
+            for node, sizes in (item.get("nodes") or {}).items():
+                mv = entry.node_models.get(node)
+                if mv is not None and (sizes.get("minWorkers"), sizes.get("maxWorkers")) != \
+                        (mv.min_workers, mv.max_workers):
+                    await self.models.scale(mv, int(sizes["minWorkers"]), int(sizes["maxWorkers"]))
+
+    def describe(self, name: str) -> list[dict]:
+        entry = self.registry.workflow(name)
+        g = entry.compiled.global_settings
+        return [{"workflowName": entry.name, "workflowUrl": entry.url,
+                 "minWorkers": g.min_workers, "maxWorkers": g.max_workers,
+                 "batchSize": g.batch_size, "maxBatchDelay": g.max_batch_delay_ms,
+                 "retryAttempts": g.retry_attempts, "timeoutMs": g.timeout_ms,
+                 "workflowDag": entry.compiled.to_json(),
+                 "nodes": {node: {"model": mv.name, "workers": mv.pool.ready_count}
+                           for node, mv in entry.node_models.items()}}]
+
+    async def close(self) -> None:
+        self._runnable.clear()
+
+
+def handler_file_name(handler: str) -> str:
+    """The manifest's handler (``wf_handler.py`` or ``wf_handler``) as a file name."""
+    base = handler.split(":", 1)[0]
+    return base if base.endswith(".py") else base + ".py"
