@@ -66,15 +66,13 @@ class Server:
         self.logs = setup_logging(cfg)
         self.work_dir = Path(tempfile.mkdtemp(prefix="dagserve-"))
         os.chmod(self.work_dir, 0o700)
-        self.model_log = open(cfg.log_dir / "model_log.log", "ab", buffering=0)
+        self.model_log = self.logs.model.file  # workers write their output straight to it
         devices = DeviceAllocator(visible_gpu_count(cfg.number_of_gpu))
         self.models = ModelManager(cfg, self.registry, work_dir=self.work_dir, devices=devices,
                                    model_log=self.model_log, on_change=self._changed)
         await self._start_extensions()
-        access = getattr(self.logs, "access", None)
-        if access is not None and hasattr(access, "start"):
-            access.start()
-        common = make_common_middleware(access)
+        self.logs.start()
+        common = make_common_middleware(self.logs.access)
         auth = self._auth_middlewares()
         run_workflow = self.workflows.run if self.workflows is not None else None
         inference = build_inference_app(
@@ -169,11 +167,8 @@ class Server:
             await runner.cleanup()
         if self.models is not None:
             await self.models.close_all()
-        access = getattr(self.logs, "access", None)
-        if access is not None and hasattr(access, "close"):
-            access.close()
-        if self.model_log is not None:
-            self.model_log.close()
+        if self.logs is not None:
+            self.logs.close()
         if self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 

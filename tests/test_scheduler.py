@@ -1,0 +1,155 @@
+"""The workflow scheduler over fake node targets (no worker processes): inputs per node,
+concurrency of ready nodes, timeouts, retries with backoff, and cancellation on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from engine.scheduler import NodeFailed, NodePlan, Plan, run_plan
+from engine.workers.protocol import Param, Request, Response
+
+
+class FakePool:
+    def check_can_serve(self) -> None:
+        pass
+
+
+class FakeQueue:
+    """Answers each submit after ``delay`` seconds with ``fn(params)``; records what it saw."""
+
+    def __init__(self, fn, delay: float = 0.0, failures: int = 0, code: int = 503):
+        self.fn = fn
+        self.delay = delay
+        self.failures = failures
+        self.code = code
+        self.calls: list[list[Param]] = []
+        self.cancelled = 0
+        self.times: list[float] = []
+
+    def submit(self, request: Request) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.calls.append(request.params)
+        self.times.append(time.perf_counter())
+        fail = len(self.calls) <= self.failures
+
+        def answer() -> None:
+            if fut.cancelled():
+                self.cancelled += 1
+                return
+            if fail:
+                fut.set_result(Response(request.id, self.code, b"", None, {}, "boom"))
+            else:
+                fut.set_result(Response(request.id, 200, self.fn(request.params)))
+
+        loop.call_later(self.delay, answer)
+        return fut
+
+
+class Target:
+    def __init__(self, queue: FakeQueue):
+        self.queue = queue
+        self.pool = FakePool()
+
+
+def plan(edges: dict[str, list[str]], timeout_s: float = 5.0, retries: int = 1) -> Plan:
+    names = list(dict.fromkeys([*edges, *(c for cs in edges.values() for c in cs)]))
+    parents = {n: tuple(p for p, cs in edges.items() if n in cs) for n in names}
+    start = next(n for n in names if not parents[n])
+    leaves = tuple(n for n in names if not edges.get(n))
+    return Plan(start, leaves, {n: NodePlan(n, parents[n], tuple(edges.get(n, ())), timeout_s,
+                                            retries) for n in names})
+
+
+def tag(name: str):
+    """A node that appends its name to whatever it received."""
+    def fn(params: list[Param]) -> bytes:
+        return b"+".join(p.value for p in params) + b">" + name.encode()
+    return fn
+
+
+def run(p: Plan, targets: dict, body: bytes = b"in") -> Response:
+    request = Request("r1", [Param("body", "text/plain", body)], {})
+    return asyncio.run(run_plan(p, targets, request))
+
+
+def test_chain_passes_each_output_as_body():
+    p = plan({"a": ["b"], "b": ["c"]})
+    qs = {n: FakeQueue(tag(n)) for n in "abc"}
+    out = run(p, {n: Target(q) for n, q in qs.items()})
+    assert out.value == b"in>a>b>c"
+    assert [x.name for x in qs["b"].calls[0]] == ["body"]
+    assert qs["b"].calls[0][0].content_type is None
+    assert qs["a"].calls[0][0].content_type == "text/plain"
+
+
+def test_diamond_runs_branches_concurrently_and_fans_in_by_parent_name():
+    p = plan({"s": ["x", "y"], "x": ["j"], "y": ["j"]})
+    qs = {"s": FakeQueue(tag("s")), "x": FakeQueue(tag("x"), delay=0.3),
+          "y": FakeQueue(tag("y"), delay=0.3), "j": FakeQueue(tag("j"))}
+    out = run(p, {n: Target(q) for n, q in qs.items()})
+    assert sorted(x.name for x in qs["j"].calls[0]) == ["x", "y"]
+    assert out.value.endswith(b">j")
+    # both branches were submitted before either answered
+    assert abs(qs["x"].times[0] - qs["y"].times[0]) < 0.25
+
+
+def test_several_leaves_merge_into_json_by_leaf_name():
+    p = plan({"s": ["a", "b"]})
+    qs = {"s": FakeQueue(tag("s")), "a": FakeQueue(lambda ps: b'{"v": 1}'),
+          "b": FakeQueue(lambda ps: b"plain text")}
+    out = run(p, {n: Target(q) for n, q in qs.items()})
+    assert out.content_type == "application/json"
+    assert json.loads(out.value) == {"a": {"v": 1}, "b": "plain text"}
+
+
+def test_node_that_fails_then_succeeds_is_retried():
+    p = plan({"a": ["b"]}, retries=2)
+    qs = {"a": FakeQueue(tag("a")), "b": FakeQueue(tag("b"), failures=2)}
+    out = run(p, {n: Target(q) for n, q in qs.items()})
+    assert out.value == b"in>a>b"
+    assert len(qs["b"].calls) == 3
+    gaps = [t2 - t1 for t1, t2 in zip(qs["b"].times, qs["b"].times[1:])]
+    assert gaps[1] > gaps[0]  # exponential backoff
+
+
+def test_node_that_always_fails_is_named_and_cancels_other_branches():
+    p = plan({"s": ["bad", "slow"]}, retries=1)
+    slow = FakeQueue(tag("slow"), delay=2.0)
+    qs = {"s": FakeQueue(tag("s")), "bad": FakeQueue(tag("bad"), failures=99), "slow": slow}
+    start = time.perf_counter()
+    with pytest.raises(NodeFailed) as info:
+        run(p, {n: Target(q) for n, q in qs.items()})
+    assert info.value.node == "bad"
+    assert str(info.value).startswith("Error executing bad")
+    assert time.perf_counter() - start < 1.5  # did not wait for the slow branch
+
+
+def test_timeout_cancels_the_attempt_and_drops_the_late_result():
+    p = plan({"a": ["b"]}, timeout_s=0.1, retries=1)
+    slow = FakeQueue(tag("b"), delay=0.5)
+    qs = {"a": FakeQueue(tag("a")), "b": slow}
+
+    async def go():
+        request = Request("r", [Param("body", None, b"x")], {})
+        with pytest.raises(NodeFailed) as info:
+            await run_plan(p, {n: Target(q) for n, q in qs.items()}, request)
+        assert "timed out" in info.value.reason
+        await asyncio.sleep(0.6)  # let the late answers arrive: they find cancelled futures
+
+    asyncio.run(go())
+    assert len(slow.calls) == 2
+    assert slow.cancelled == 2
+
+
+def test_client_error_of_a_node_is_not_retried_and_keeps_its_status():
+    p = plan({"a": ["b"]}, retries=3)
+    qs = {"a": FakeQueue(tag("a")), "b": FakeQueue(tag("b"), failures=99, code=400)}
+    with pytest.raises(NodeFailed) as info:
+        run(p, {n: Target(q) for n, q in qs.items()})
+    assert info.value.status == 400
+    assert len(qs["b"].calls) == 1
