@@ -85,7 +85,7 @@ def tiny_models(export: Path, work: Path) -> dict[str, Path]:
         model.fc.weight.copy_(torch.tensor([[-1.0, 1.0, 0.0], [1.0, -1.0, 0.0]]))
         model.fc.bias.zero_()
     torch.save(model.state_dict(), work / "tiny.pt")
-    torch.jit.script(model).save(str(work / "tiny_ts.pt"))
+    torch.jit.trace(model, torch.zeros(1, 3)).save(str(work / "tiny_ts.pt"))
     eager = archive("tiny_eager", work / "tiny_handler.py", export,
                     model_file=work / "tiny_model.py", serialized=work / "tiny.pt",
                     extra=[work / "index_to_name.json"])

@@ -1,0 +1,108 @@
+"""``workflow-archiver``: build a .war with torch-workflow-archiver's flags.
+
+The spec is validated before anything is written: by ``workflows.validate_spec_file``
+when the ``workflows`` package is importable, else only as YAML that must hold a mapping.
+Exit status 0 on success, 1 on bad input (one line on stderr; a spec error lists each
+problem), 2 for usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from archiver.errors import ArchiveError
+from archiver.model_cli import one_line, os_error_line
+from archiver.pack import pack_workflow
+
+PROG = "workflow-archiver"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Package a workflow into a TorchServe-compatible workflow archive (.war).",
+    )
+    parser.add_argument("--workflow-name", required=True,
+                        help="workflow name; the archive is <workflow-name>.war")
+    parser.add_argument("--spec-file", required=True, help="YAML file with the workflow's models and dag")
+    parser.add_argument("--handler", required=True, help="Python file with the workflow's functions")
+    parser.add_argument("--export-path", help="directory to write to (default: current directory)")
+    parser.add_argument("--extra-files", help="comma-separated files; a directory contributes its contents")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing archive")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    export = Path(args.export_path) if args.export_path is not None else Path.cwd()
+    validate, spec_error = spec_validator()
+    try:
+        out = export / f"{args.workflow_name}.war"
+        replacing = args.force and (out.exists() or out.is_symlink())
+        pack_workflow(
+            workflow_name=args.workflow_name,
+            spec_file=args.spec_file,
+            handler=args.handler,
+            extra_files=args.extra_files,
+            export_path=export,
+            force=args.force,
+            validate_spec=validate,
+        )
+    except ArchiveError as exc:
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except spec_error as exc:
+        # The spec validator's message lists every problem with its line:col; keep its lines.
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    if replacing:
+        print(f"WARNING - Overwrote {out}", file=sys.stderr)
+    return 0
+
+
+def spec_validator() -> tuple[Callable[[Path], None], type[Exception]]:
+    """The spec check to run, and the exception type it raises for an invalid spec."""
+    try:
+        from workflows import SpecError, validate_spec_file
+    except ImportError as exc:
+        if exc.name != "workflows":  # the package is there but broken: do not hide that
+            raise
+        return check_yaml_mapping, ArchiveError
+
+    def validate(path: Path) -> None:
+        try:
+            validate_spec_file(path)
+        except OSError as exc:
+            raise ArchiveError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
+
+    return validate, SpecError
+
+
+def check_yaml_mapping(path: Path) -> None:
+    """Fallback check without the ``workflows`` package: the spec is YAML holding a mapping."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ArchiveError(f"{where}: invalid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ArchiveError(f"{path}: invalid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ArchiveError(f"{path}: spec file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise ArchiveError(f"{path}: a workflow spec must be a YAML mapping with models: and dag:")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
