@@ -364,3 +364,26 @@ def test_requests_in_flight_when_a_workflow_goes_get_an_answer(registered):
     for a in answers:
         assert a.status_code in (404, 500, 503), a.text
         assert a.json()["code"] == a.status_code
+
+
+def test_workflows_survive_a_killed_server(tmp_path):
+    models, wars = tmp_path / "model_store", tmp_path / "wf_store"
+    models.mkdir()
+    wars.mkdir()
+    handler_archive("echo", "echo_handler.py", models)
+    assert build_war(wars, "chain", SPECS["chain"]).returncode == 0
+    args = ["--workflow-store", str(wars), "--disable-token-auth", "--enable-model-api"]
+    first = start_server(tmp_path, model_store=models, args=args, timeout=120)
+    try:
+        assert register(first, "chain.war").status_code == 200
+        assert requests.put(first.management_url + "/workflows/chain",
+                            params={"min_worker": 2, "max_worker": 2}, timeout=60).status_code == 200
+        assert wfpredict(first, "chain").text == "post(pre(hello))"
+    finally:
+        first.kill()
+    with start_server(tmp_path, model_store=models, args=args, timeout=120) as second:
+        assert wfpredict(second, "chain").text == "post(pre(hello))"
+        desc = requests.get(second.management_url + "/models/chain__echo", timeout=10).json()
+        assert desc[0]["minWorkers"] == 2
+    with start_server(tmp_path, model_store=models, args=[*args, "--ncs"], timeout=120) as third:
+        assert wfpredict(third, "chain").status_code == 404
