@@ -1,0 +1,1 @@
+"""Worker processes: spawning, the frame protocol, batching, and the worker entry point."""

@@ -1,0 +1,168 @@
+"""The worker process: ``python -m engine.workers.main --settings '<json>'``.
+
+It connects to the frontend's Unix socket, loads the model's handler and says ``ready``
+(or ``load_failed`` with a one-line reason, then exits 1), then serves ``predict`` frames
+until the frontend closes the socket (exit 0).
+
+Settings (JSON object): ``socket``, ``model_dir``, ``model_name``, ``handler``, ``gpu_id``
+(int or null), ``batch_size``, ``threads`` (> 0: torch's intra-op threads, with one
+inter-op thread), ``decode_input`` (true), ``limit_max_image_pixels`` (true),
+``server_version``, ``config_file`` (model-config YAML, else the manifest's). Unknown keys
+(``envelope``) are ignored.
+
+torch is not imported unless the handler needs it (a workflow's function worker starts in a
+fraction of the time): the thread limit is passed as ``OMP_NUM_THREADS`` before loading and
+applied with ``torch.set_num_threads`` after, when torch was loaded.
+
+stdout and stderr go to the model log: load progress and tracebacks are written to stderr,
+handler ``print``/``logging`` output to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+
+
+def _parse_settings(argv: list[str] | None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m engine.workers.main",
+                                     description="dagserve worker process")
+    parser.add_argument("--settings", required=True, help="the worker settings as JSON")
+    args = parser.parse_args(argv)
+    try:
+        settings = json.loads(args.settings)
+    except ValueError as exc:
+        parser.error(f"--settings is not valid JSON: {exc}")
+    if not isinstance(settings, dict):
+        parser.error("--settings must be a JSON object")
+    for key in ("socket", "model_dir", "model_name"):
+        if not isinstance(settings.get(key), str) or not settings[key]:
+            parser.error(f"--settings needs a non-empty string {key!r}")
+    return settings
+
+
+def _limit_threads_before_load(threads: Any) -> None:
+    """torch is imported (if at all) by the handler: have it start with ``threads``."""
+    if isinstance(threads, int) and threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _limit_threads_after_load(threads: Any) -> None:
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(threads, int) or threads <= 0:
+        return
+    try:
+        torch.set_num_threads(threads)
+    except RuntimeError as exc:
+        print(f"could not set torch threads to {threads}: {exc}", file=sys.stderr)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # parallel work already started during load: keep torch's default
+
+
+def _config(settings: dict[str, Any]):
+    from ..handler.service import ServiceConfig
+
+    gpu_id = settings.get("gpu_id")
+    batch_size = settings.get("batch_size") or 1
+    return ServiceConfig(
+        model_dir=Path(settings["model_dir"]),
+        model_name=settings["model_name"],
+        handler=settings.get("handler") or None,
+        gpu_id=int(gpu_id) if gpu_id is not None else None,
+        batch_size=int(batch_size),
+        decode_input=bool(settings.get("decode_input", True)),
+        limit_max_image_pixels=bool(settings.get("limit_max_image_pixels", True)),
+        server_version=str(settings.get("server_version") or ""),
+        config_file=settings.get("config_file") or None,
+    )
+
+
+def _one_line(exc: BaseException, limit: int = 2000) -> str:
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def serve(sock: socket.socket, service: Any) -> None:
+    """Answer ``predict`` frames until the peer closes the socket."""
+    recv_frame, send_frame = protocol.recv_frame, protocol.send_frame
+    decode_predict, encode_result = protocol.decode_predict, protocol.encode_result
+    predict = service.predict
+    while True:
+        try:
+            meta, body = recv_frame(sock)
+        except EOFError:
+            return
+        op = meta.get("op")
+        if op != "predict":
+            raise protocol.ProtocolError(f"unexpected frame op {op!r} (expected 'predict')")
+        responses, metrics = predict(decode_predict(meta, body))
+        send_frame(sock, encode_result(responses, metrics))
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = _parse_settings(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    model_dir = str(Path(settings["model_dir"]).resolve())
+    sys.path.insert(0, model_dir)
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(settings["socket"])
+    except OSError as exc:
+        print(f"worker could not connect to {settings['socket']}: {exc}", file=sys.stderr)
+        return 2
+
+    name = settings["model_name"]
+    print(f"worker {os.getpid()}: loading model {name} from {model_dir}", file=sys.stderr)
+    try:
+        _limit_threads_before_load(settings.get("threads"))
+        from ..handler import ts_alias
+        from ..handler.service import load_service
+
+        ts_alias.install()
+        service = load_service(_config(settings))
+        _limit_threads_after_load(settings.get("threads"))
+    except BaseException as exc:  # noqa: BLE001 - any failure is reported, then we exit
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        traceback.print_exc(file=sys.stderr)
+        message = _one_line(exc)
+        try:
+            protocol.send_frame(sock, protocol.pack({"op": "load_failed", "message": message}))
+        except OSError:
+            pass
+        sock.close()
+        return 1
+    print(f"worker {os.getpid()}: model {name} loaded", file=sys.stderr)
+
+    try:
+        protocol.send_frame(sock, protocol.pack({"op": "ready", "pid": os.getpid()}))
+        serve(sock, service)
+    except KeyboardInterrupt:
+        return 130
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the frontend went away: same as a close
+    except (OSError, protocol.ProtocolError) as exc:
+        print(f"worker {os.getpid()}: connection error: {_one_line(exc)}", file=sys.stderr)
+        return 3
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The worker process end to end: spawned as ``python -m engine.workers.main`` against a
+Unix socket this test listens on, the way the frontend does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.workers import protocol
+from engine.workers.protocol import Param, Request
+
+REPO = Path(__file__).resolve().parents[1]
+
+ECHO_HANDLER = """
+    import torch
+    from ts.context import Context
+    from ts.utils.util import PredictionException
+
+    def handle(data, context):
+        assert isinstance(context, Context)
+        if data is None:
+            print("echo handler loaded")  # stdout goes to the model log
+            return None
+        if any(row.get("body") == "explode" for row in data):
+            raise PredictionException("asked to explode", 422)
+        out = []
+        for i, row in enumerate(data):
+            value = next(iter(row.values()))
+            out.append({"id": context.get_request_id(i), "type": type(value).__name__,
+                        "value": value if not isinstance(value, bytes) else value.hex(),
+                        "header": context.get_request_header(i, "X-Test"),
+                        "threads": torch.get_num_threads()})
+        context.set_response_content_type(1, "application/x-echo")
+        context.set_response_status(202, "Accepted", idx=2)
+        context.metrics.add_counter("EchoRows", len(data))
+        return out
+"""
+
+
+@pytest.fixture
+def sock_dir():
+    # Unix socket paths are limited to ~100 bytes: pytest's tmp_path can be longer.
+    path = Path(tempfile.mkdtemp(prefix="dsw", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_worker(model_dir: Path, sock_dir: Path, handler: str, **extra):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock_path = sock_dir / "w.sock"
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    listener.settimeout(60)
+    settings = {"socket": str(sock_path), "model_dir": str(model_dir), "model_name": "echo",
+                "handler": handler, "gpu_id": None, "batch_size": 3, "threads": 1,
+                "decode_input": True, "server_version": "test", "config_file": None,
+                "envelope": None, **extra}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.workers.main",
+                             "--settings", json.dumps(settings)],
+                            cwd=model_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        conn, _ = listener.accept()
+    except TimeoutError:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"worker never connected: {err.decode()[-2000:]}")
+    finally:
+        listener.close()
+    conn.settimeout(60)
+    return proc, conn
+
+
+def test_worker_serves_batches_and_exits_on_close(tmp_path, sock_dir):
+    (tmp_path / "echo_handler.py").write_text(textwrap.dedent(ECHO_HANDLER))
+    proc, conn = start_worker(tmp_path, sock_dir, "echo_handler.py")
+    try:
+        meta, _ = protocol.recv_frame(conn)
+        assert meta == {"op": "ready", "pid": proc.pid}
+
+        batch = [
+            Request("r1", [Param("body", "application/json", b'{"n": 1}')], {"X-Test": "yes"}),
+            Request("r2", [Param("data", "text/plain", "h\u00e9".encode())]),
+            Request("r3", [Param("body", "application/octet-stream", b"\x00\x01")]),
+        ]
+        protocol.send_frame(conn, protocol.encode_predict(batch))
+        meta, body = protocol.recv_frame(conn)
+        assert meta["op"] == "result"
+        resps = protocol.decode_result(meta, body)
+        assert [r.id for r in resps] == ["r1", "r2", "r3"]
+        assert [r.code for r in resps] == [200, 200, 202]
+        assert [json.loads(r.value) for r in resps] == [
+            {"id": "r1", "type": "dict", "value": {"n": 1}, "header": "yes", "threads": 1},
+            {"id": "r2", "type": "str", "value": "h\u00e9", "header": None, "threads": 1},
+            {"id": "r3", "type": "bytes", "value": "0001", "header": None, "threads": 1},
+        ]
+        assert resps[1].content_type == "application/x-echo" and resps[0].content_type is None
+        assert resps[2].message == "Accepted"
+        names = [m["name"] for m in meta["metrics"]]
+        assert "EchoRows" in names and "HandlerTime" in names
+
+        # a failing batch is answered, and the worker keeps serving
+        protocol.send_frame(conn, protocol.encode_predict(
+            [Request("x", [Param("body", "text/plain", b"explode")])]))
+        resps = protocol.decode_result(*protocol.recv_frame(conn))
+        assert (resps[0].code, resps[0].message) == (422, "asked to explode")
+    finally:
+        conn.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert b"echo handler loaded" in out
+    assert b"loading model echo" in err
+
+
+def test_worker_reports_load_failure(tmp_path, sock_dir):
+    (tmp_path / "broken.py").write_text(textwrap.dedent("""
+        class Broken:
+            def initialize(self, context):
+                raise RuntimeError("weights are missing\\nsecond line")
+            def handle(self, data, context):
+                return data
+    """))
+    proc, conn = start_worker(tmp_path, sock_dir, "broken.py")
+    try:
+        meta, _ = protocol.recv_frame(conn)
+    finally:
+        conn.close()
+    assert meta == {"op": "load_failed",
+                    "message": "RuntimeError: weights are missing second line"}
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert b"Traceback" in err and b"weights are missing" in err
+
+
+def test_worker_reports_unknown_handler(tmp_path, sock_dir):
+    proc, conn = start_worker(tmp_path, sock_dir, "nowhere_handler")
+    try:
+        meta, _ = protocol.recv_frame(conn)
+    finally:
+        conn.close()
+    assert meta["op"] == "load_failed"
+    assert meta["message"].startswith("ImportError: handler module 'nowhere_handler' not found")
+    proc.communicate(timeout=60)
+    assert proc.returncode == 1
+
+
+def test_bad_settings_exit_with_usage_error():
+    result = subprocess.run([sys.executable, "-m", "engine.workers.main", "--settings", "{}"],
+                            capture_output=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert b"needs a non-empty string 'socket'" in result.stderr
