@@ -72,7 +72,10 @@ class Server:
                                    model_log=self.model_log, on_change=self._changed)
         await self._start_extensions()
         self.logs.start()
-        common = make_common_middleware(self.logs.access)
+        access = self.logs.access
+        if self.metrics is not None:  # Requests2XX/4XX/5XX count every response
+            access = self.metrics.counting(access)
+        common = make_common_middleware(access)
         auth = self._auth_middlewares()
         run_workflow = self.workflows.run if self.workflows is not None else None
         inference = build_inference_app(

@@ -1,0 +1,393 @@
+"""Config snapshots: what is registered, written to ``logs/config/<timestamp>-<kind>.cfg``
+after every change, and restored at the next start (unless ``--ncs``).
+
+The file is TorchServe's: a Java properties file holding the server's configuration plus
+``model_snapshot``, pretty-printed JSON::
+
+    {"name": "20240501101112345-snapshot.cfg", "modelCount": 2, "created": <ms>,
+     "models": {"<name>": {"<version>": {"defaultVersion": true, "marName": "x.mar",
+                "minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 100,
+                "responseTimeout": 120, ...}}}}
+
+dagserve adds ``startupTimeout`` (and ``handler`` when the registration overrode the
+archive's) to each model, and a ``workflow_snapshot`` key with the workflow manager's entries.
+``marName`` is the url the model was registered with (a file name in the model store, or a
+``file://`` / ``http(s)://`` url), so a restore registers the same archive again.
+
+Each file is written to a temporary name, fsynced and renamed, so a crash right after a
+change still finds a complete snapshot; changes made in one event-loop tick share one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import DagserveError
+from .models import ModelOptions
+from .registry import ModelVersion
+
+log = logging.getLogger("dagserve.snapshot")
+
+KINDS = ("startup", "snapshot", "shutdown")
+FILE_NAME = re.compile(r"^(\d{17})-(startup|snapshot|shutdown)\.cfg$")
+MODEL_KEY = "model_snapshot"
+WORKFLOW_KEY = "workflow_snapshot"
+
+
+# -- Java properties ----------------------------------------------------------------------
+
+def _escape(text: str, is_key: bool) -> str:
+    """``java.util.Properties.store`` escaping (without \\u escapes: the file is UTF-8)."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\f":
+            out.append("\\f")
+        elif ch in "=:#!":
+            out.append("\\" + ch)
+        elif ch == " " and (is_key or i == 0):
+            out.append("\\ ")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def format_properties(props: dict[str, str], comment: str) -> str:
+    stamp = datetime.now().astimezone().strftime("%a %b %d %H:%M:%S %Z %Y")
+    lines = [f"#{comment}", f"#{stamp}"]
+    lines += [f"{_escape(k, True)}={_escape(v, False)}" for k, v in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", "f": "\f"}
+
+
+def _logical_lines(text: str) -> Iterable[str]:
+    """Join continuation lines (an odd number of trailing backslashes) as Java does."""
+    pending: str | None = None
+    for raw in text.splitlines():
+        line = raw.lstrip(" \t\f")
+        if pending is None:
+            if not line or line[0] in "#!":
+                continue
+            current = line
+        else:
+            current = pending + line
+        trailing = len(current) - len(current.rstrip("\\"))
+        if trailing % 2 == 1:
+            pending = current[:-1]
+            continue
+        pending = None
+        yield current
+    if pending is not None:
+        yield pending
+
+
+def _unescape(text: str) -> str:
+    out = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2:i + 6]):
+                out.append(chr(int(text[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            out.append(_UNESCAPE.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """``java.util.Properties.load``: the key ends at the first unescaped ``=``, ``:`` or
+    whitespace; escapes (``\\:``, ``\\n``, ``\\uXXXX`` ...) are undone in keys and values."""
+    props: dict[str, str] = {}
+    for line in _logical_lines(text):
+        i, n = 0, len(line)
+        while i < n:
+            if line[i] == "\\":
+                i += 2
+                continue
+            if line[i] in "=: \t\f":
+                break
+            i += 1
+        key = line[:i]
+        rest = line[i:].lstrip(" \t\f")
+        if rest[:1] in ("=", ":"):
+            rest = rest[1:].lstrip(" \t\f")
+        props[_unescape(key)] = _unescape(rest)
+    return props
+
+
+# -- the snapshot manager -----------------------------------------------------------------
+
+class SnapshotManager:
+    def __init__(self, server):
+        self.server = server
+        self.dir = Path(server.cfg.log_dir) / "config"
+        self._scheduled = False
+        self._restoring = False
+        self._last_ms = 0
+        self._base = self._base_properties()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Something was registered, scaled or unregistered: write a ``snapshot`` once the
+        current event-loop tick is over (several changes in one tick share one write)."""
+        if self._restoring or self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.write("snapshot")
+            return
+        self._scheduled = True
+        loop.call_soon(self._flush)
+
+    def flush(self) -> None:
+        """Write the snapshot a change scheduled, now (the management API calls this before
+        it answers, so a client that saw the answer can rely on the snapshot)."""
+        if not self._scheduled:
+            return
+        self._scheduled = False
+        if not self._restoring:
+            self.write("snapshot")
+
+    _flush = flush
+
+    def write(self, kind: str) -> Path | None:
+        """Write a ``<timestamp>-<kind>.cfg`` now; its path, or None when it could not be
+        written (logged: a full disk must not take the server down)."""
+        if kind not in KINDS:
+            raise ValueError(f"snapshot kind must be one of {KINDS}, got {kind!r}")
+        now_ms = max(int(time.time() * 1000), self._last_ms + 1)
+        self._last_ms = now_ms
+        stamp = datetime.fromtimestamp(now_ms / 1000)
+        name = stamp.strftime("%Y%m%d%H%M%S") + f"{now_ms % 1000:03d}-{kind}.cfg"
+        props = dict(self._base)
+        props[MODEL_KEY] = json.dumps(self._model_snapshot(name, now_ms), indent=2)
+        workflows = self._workflow_entries()
+        if workflows is not None:
+            props[WORKFLOW_KEY] = json.dumps(workflows, indent=2)
+        try:
+            path = self._write_atomically(name, format_properties(props, "Saving snapshot"))
+        except OSError as exc:
+            log.error("could not write snapshot %s: %s", name, exc)
+            return None
+        log.debug("wrote snapshot %s", path)
+        return path
+
+    def _write_atomically(self, name: str, text: str) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.dir / name
+        tmp = self.dir / f".{name}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return final
+
+    def _base_properties(self) -> dict[str, str]:
+        """The configuration part of the file: the config file's keys, then the addresses
+        and stores the server really uses."""
+        cfg = self.server.cfg
+        props: dict[str, str] = {}
+        if cfg.config_file is not None:
+            try:
+                props.update(parse_properties(Path(cfg.config_file).read_text()))
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning("could not read %s for the snapshots: %s", cfg.config_file, exc)
+            props["tsConfigFile"] = str(cfg.config_file)
+        props.pop(MODEL_KEY, None)
+        props.pop(WORKFLOW_KEY, None)
+        props["inference_address"] = cfg.inference_address
+        props["management_address"] = cfg.management_address
+        props["metrics_address"] = cfg.metrics_address
+        if cfg.model_store is not None:
+            props["model_store"] = str(cfg.model_store)
+        if cfg.workflow_store is not None:
+            props["workflow_store"] = str(cfg.workflow_store)
+        return props
+
+    def _model_snapshot(self, name: str, created_ms: int) -> dict[str, Any]:
+        registry = self.server.registry
+        models: dict[str, dict[str, Any]] = {}
+        count = 0
+        for model_name in registry.names():
+            default = registry.default_version(model_name)
+            for mv in registry.versions(model_name):
+                if mv.owner is not None:
+                    continue  # a workflow's node: restored with its workflow
+                models.setdefault(model_name, {})[mv.version] = self._model_state(
+                    mv, mv.version == default)
+                count += 1
+        return {"name": name, "modelCount": count, "created": created_ms, "models": models}
+
+    @staticmethod
+    def _model_state(mv: ModelVersion, is_default: bool) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "defaultVersion": is_default, "marName": mv.url,
+            "minWorkers": mv.min_workers, "maxWorkers": mv.max_workers,
+            "batchSize": mv.batch_size, "maxBatchDelay": mv.max_batch_delay,
+            "responseTimeout": mv.response_timeout, "startupTimeout": mv.startup_timeout,
+            "runtimeType": mv.runtime}
+        manifest_handler = ((mv.manifest or {}).get("model") or {}).get("handler")
+        if mv.handler and mv.handler != manifest_handler:
+            state["handler"] = mv.handler
+        return state
+
+    def _workflow_entries(self) -> list[dict] | None:
+        workflows = self.server.workflows
+        if workflows is None:
+            return None
+        try:
+            return list(workflows.snapshot_entries())
+        except Exception:  # the snapshot must still hold the models
+            log.exception("could not list the workflows for the snapshot")
+            return None
+
+    # -- restoring -----------------------------------------------------------------------
+
+    def latest(self) -> Path | None:
+        """The newest snapshot file in ``logs/config`` (by the timestamp in its name)."""
+        try:
+            entries = list(self.dir.iterdir())
+        except OSError:
+            return None
+        found = [(m.group(1), p.stat().st_mtime, p) for p in entries
+                 if (m := FILE_NAME.match(p.name)) and p.is_file()]
+        return max(found)[2] if found else None
+
+    async def restore_latest(self) -> bool:
+        """Register again what the newest snapshot holds: models (versions, workers, batch
+        settings, default versions), then workflows. True when something was restored."""
+        path = self.latest()
+        if path is None:
+            return False
+        try:
+            props = parse_properties(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("could not read snapshot %s: %s", path, exc)
+            return False
+        log.info("restoring from snapshot %s", path.name)
+        models = _json_value(props.get(MODEL_KEY), path, MODEL_KEY, dict) or {}
+        workflows = _json_value(props.get(WORKFLOW_KEY), path, WORKFLOW_KEY, list) or []
+        self._restoring = True
+        try:
+            restored = await self._restore_models(models.get("models") or {})
+            if workflows and self.server.workflows is not None:
+                before = len(self.server.registry.workflows)
+                try:
+                    await self.server.workflows.restore(workflows)
+                except Exception:  # the models restored above must still be served
+                    log.exception("restoring the workflows of %s failed", path.name)
+                restored += len(self.server.registry.workflows) - before
+        finally:
+            self._restoring = False
+        return restored > 0
+
+    async def _restore_models(self, models: Any) -> int:
+        if not isinstance(models, dict):
+            log.error("model_snapshot.models is not an object; no model restored")
+            return 0
+        jobs = []
+        for name, versions in models.items():
+            if not isinstance(versions, dict):
+                log.error("snapshot entry of model %s is not an object; skipped", name)
+                continue
+            for version, state in versions.items():
+                jobs.append((name, version, state))
+        results = await asyncio.gather(*(self._restore_model(*job) for job in jobs),
+                                       return_exceptions=True)
+        restored = 0
+        for (name, version, state), result in zip(jobs, results):
+            if isinstance(result, BaseException):
+                message = getattr(result, "message", None) or repr(result)
+                log.error("could not restore model %s version %s: %s", name, version, message)
+                continue
+            restored += 1
+            if isinstance(state, dict) and state.get("defaultVersion") is True:
+                try:
+                    self.server.registry.set_default(name, result.version)
+                except DagserveError:
+                    pass
+        return restored
+
+    async def _restore_model(self, name: str, version: str, state: Any) -> ModelVersion:
+        if not isinstance(state, dict):
+            raise ValueError("its entry is not an object")
+        url = state.get("marName")
+        if not isinstance(url, str) or not url:
+            raise ValueError("its entry has no marName")
+        handler = state.get("handler")
+        opts = ModelOptions(
+            model_name=name,
+            handler=handler if isinstance(handler, str) and handler else None,
+            batch_size=_int_or_none(state, "batchSize"),
+            max_batch_delay=_int_or_none(state, "maxBatchDelay"),
+            initial_workers=_int_or_none(state, "minWorkers"),
+            max_workers=_int_or_none(state, "maxWorkers"),
+            response_timeout=_int_or_none(state, "responseTimeout"),
+            startup_timeout=_int_or_none(state, "startupTimeout"))
+        mv, _ = await self.server.models.register(url, opts, synchronous=True)
+        if mv.version != version:
+            log.warning("snapshot had version %s of model %s, but %s now holds version %s",
+                        version, name, url, mv.version)
+        return mv
+
+
+def _int_or_none(state: dict, key: str) -> int | None:
+    value = state.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{key} is not a number: {value!r}")
+    return int(value)
+
+
+def _json_value(text: str | None, path: Path, key: str, kind: type) -> Any:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        log.error("snapshot %s: %s is not valid JSON (%s); ignored", path.name, key, exc)
+        return None
+    if not isinstance(value, kind):
+        log.error("snapshot %s: %s is not a JSON %s; ignored", path.name, key,
+                  "object" if kind is dict else "array")
+        return None
+    return value
