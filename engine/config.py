@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .properties import parse_properties
 
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 
@@ -70,27 +71,6 @@ _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metr
              "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers"}
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path"}
 _LIST_KEYS = {"load_models", "load_workflows"}
-
-
-def parse_properties(text: str) -> dict[str, str]:
-    """Java-style ``key=value`` lines (``#``/``!`` comments, ``\\`` continuations)."""
-    props: dict[str, str] = {}
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not pending and (not line or line[0] in "#!"):
-            continue
-        if line.endswith("\\") and not line.endswith("\\\\"):
-            pending += line[:-1]
-            continue
-        line = pending + line
-        pending = ""
-        sep = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
-        if sep < 0:
-            props[line] = ""
-            continue
-        props[line[:sep].strip()] = line[sep + 1:].strip()
-    return props
 
 
 def _parse_bool(key: str, value: str) -> bool:

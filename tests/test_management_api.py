@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -430,3 +431,31 @@ def test_model_api_disabled_refuses_register_and_delete(locked):
     assert error(api.mgmt("PUT", "/models/echo", params={"min_worker": 1}), 404) == \
         "Model not found: echo"
     assert requests.get(locked.inference_url + "/ping", timeout=TIMEOUT).status_code == 200
+
+
+SLEEP_HANDLER = '''\
+import time
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    time.sleep(1.0)
+    return ["slept" for _ in data]
+'''
+
+
+def test_scaling_down_lets_busy_workers_finish_their_batch(api, store):
+    build_mar(store, "sleeper", SLEEP_HANDLER)
+    assert api.register(url="sleeper.mar", initial_workers=2, synchronous="true").status_code == 200
+    url = api.server.inference_url + "/predictions/sleeper"
+    headers = api.server.auth("inference")
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(requests.post, url, data=b"x", headers=headers, timeout=30)
+                   for _ in range(2)]
+        time.sleep(0.3)  # both workers now hold a request
+        resp = api.mgmt("PUT", "/models/sleeper", params={"min_worker": 1, "synchronous": "true"})
+        assert resp.status_code == 200, resp.text
+        answers = [f.result() for f in futures]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert _ready_workers(api, "/models/sleeper") == 1

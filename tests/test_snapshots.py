@@ -8,7 +8,8 @@ import json
 import pytest
 import requests
 
-from engine.snapshot import FILE_NAME, format_properties, parse_properties
+from engine.properties import format_properties, parse_properties
+from engine.snapshot import FILE_NAME
 from server_utils import ECHO_HANDLER, build_mar, build_war, start_server
 
 TIMEOUT = 60

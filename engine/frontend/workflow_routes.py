@@ -19,6 +19,11 @@ class WorkflowRoutes:
     def manager(self):
         return self.server.workflows
 
+    def _save_snapshot(self) -> None:
+        """Write the snapshot before answering, so a crash right after the reply keeps it."""
+        if self.server.snapshots is not None:
+            self.server.snapshots.flush()
+
     def _check_api_enabled(self) -> None:
         if not self.server.cfg.enable_model_api:
             raise MethodNotAllowedError(MODEL_API_DISABLED)
@@ -31,6 +36,7 @@ class WorkflowRoutes:
             raise BadRequestError("Parameter url is required.")
         bool_param(params, "synchronous", True)
         entry = await self.manager.register(str(url), params.get("workflow_name") or None)
+        self._save_snapshot()
         return status_message(f"Workflow {entry.name} has been registered and scaled "
                               "successfully.")
 
@@ -48,6 +54,7 @@ class WorkflowRoutes:
         self._check_api_enabled()
         name = request.match_info["workflow_name"]
         await self.manager.unregister(name)
+        self._save_snapshot()
         return status_message(f"Workflow \"{name}\" unregistered")
 
     async def scale(self, request: web.Request) -> web.Response:
@@ -58,6 +65,7 @@ class WorkflowRoutes:
         if min_w is not None and max_w is not None and max_w < min_w:
             raise BadRequestError("max_worker cannot be less than min_worker")
         await self.manager.scale(name, min_w, max_w)
+        self._save_snapshot()
         return status_message(f"Workflow \"{name}\" scaled")
 
 

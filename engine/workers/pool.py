@@ -60,6 +60,7 @@ class WorkerPool:
         self._closed = False
         self._failures = 0
         self._restarts: set[asyncio.Task] = set()
+        self._retiring: dict[WorkerProcess, asyncio.Future] = {}
 
     @property
     def live_workers(self) -> list[WorkerProcess]:
@@ -77,7 +78,7 @@ class WorkerPool:
     async def _start_one(self) -> WorkerProcess:
         worker = WorkerProcess(self.spec, sock_dir=self.sock_dir, gpu_id=self.devices.next(),
                                threads=self._threads(), log_file=self.log_file,
-                               on_idle=self.queue.worker_ready, on_exit=self._on_exit,
+                               on_idle=self._worker_idle, on_exit=self._on_exit,
                                on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:
@@ -111,12 +112,33 @@ class WorkerPool:
                 raise errors[0] if isinstance(errors[0], WorkerStartError) else \
                     WorkerStartError(str(errors[0]))
 
+    def _worker_idle(self, worker: WorkerProcess) -> None:
+        waiter = self._retiring.get(worker)
+        if waiter is None:
+            self.queue.worker_ready(worker)
+        elif not waiter.done():
+            waiter.set_result(None)
+
     async def _retire(self, worker: WorkerProcess) -> None:
+        """Scale down gently: no new batch for this worker, let its current one finish
+        (bounded by the response timeout), then stop it."""
         self.queue.worker_gone(worker)
+        if worker.busy:
+            waiter = asyncio.get_running_loop().create_future()
+            self._retiring[worker] = waiter
+            try:
+                await asyncio.wait_for(waiter, self.spec.response_timeout)
+            except TimeoutError:
+                pass
+            finally:
+                self._retiring.pop(worker, None)
         await worker.stop()
 
     def _on_exit(self, worker: WorkerProcess, reason: str) -> None:
         self.queue.worker_gone(worker)
+        waiter = self._retiring.get(worker)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if worker in self.workers:
             self.workers.remove(worker)
         if worker.status == "STOPPED" or self._closed:
