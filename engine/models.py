@@ -18,7 +18,7 @@ import yaml
 from archiver import ArchiveError, read_model_manifest, unpack
 
 from .config import Config
-from .errors import (BadRequestError, ConflictError, DagserveError, InternalServerError,
+from .errors import (BadRequestError, ConflictError, InternalServerError,
                      ModelNotFoundError)
 from .registry import ModelVersion, Registry
 from .workers.batch_queue import BatchQueue
@@ -280,7 +280,3 @@ class ModelManager:
     async def close_all(self) -> None:
         await asyncio.gather(*(mv.pool.close() for mv in self.registry.all_versions()),
                              return_exceptions=True)
-
-
-def is_error(exc: BaseException) -> bool:
-    return isinstance(exc, DagserveError)
