@@ -132,7 +132,9 @@ class ModelManager:
             if store is None:
                 raise ModelNotFoundError(f"Model not found in model store: {url} "
                                          "(no model store configured)")
-            path = store / url
+            path = (store / url.lstrip("/")).resolve()
+            if not path.is_relative_to(store.resolve()):  # a link out of the store
+                raise ModelNotFoundError(f"Model not found in model store: {url}")
         if not path.exists():
             raise ModelNotFoundError(f"Model not found in model store: {url}")
         return path, False

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,11 +22,11 @@ from ..errors import (BadRequestError, ConflictError, ForbiddenError, InternalSe
 from ..models import SERVER_VERSION, ModelOptions
 from ..registry import ModelVersion
 from ..workers.process import WorkerStartError
-from .params import bool_param, int_param, json_ok, paginate, request_params, status_message
+from .params import (bool_param, int_param, json_ok, name_param, paginate, request_params,
+                     status_message)
 
 log = logging.getLogger("dagserve.management")
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 RUNTIMES = ("python", "python3")
 
 
@@ -111,10 +110,7 @@ class ManagementRoutes:
             raise BadRequestError("Parameter url is required.")
         if not isinstance(url, str):
             raise BadRequestError(f"Parameter url must be a string, got {url!r}")
-        name = _str_param(params, "model_name")
-        if name is not None and not MODEL_NAME.match(name):
-            raise BadRequestError(f"Parameter model_name must match {MODEL_NAME.pattern}, "
-                                  f"got {name!r}")
+        name = name_param(params, "model_name")
         runtime = _str_param(params, "runtime")
         if runtime is not None and runtime not in RUNTIMES:
             raise BadRequestError(f"Parameter runtime must be one of {', '.join(RUNTIMES)}, "

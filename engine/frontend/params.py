@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
+from archiver.pack import NAME_PATTERN
+
 from ..errors import BadRequestError
 
 MAX_PAGE = 100
@@ -39,6 +41,17 @@ def int_param(params: Mapping[str, Any], name: str, default: int | None = None,
     if minimum is not None and number < minimum:
         raise BadRequestError(f"Parameter {name} must be >= {minimum}, got {number}")
     return number
+
+
+def name_param(params: Mapping[str, Any], key: str) -> str | None:
+    """A model or workflow name: TorchServe's pattern, checked on the whole string."""
+    value = params.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise BadRequestError(f"Parameter {key} must match ^{NAME_PATTERN.pattern}$, "
+                              f"got {value!r}")
+    return value
 
 
 def bool_param(params: Mapping[str, Any], name: str, default: bool) -> bool:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequestError, MethodNotAllowedError
-from .params import bool_param, int_param, json_ok, paginate, request_params, status_message
-
-MODEL_API_DISABLED = ("Workflow API is disabled, set enable_model_api=true in "
-                      "config.properties or start with --enable-model-api")
+from .params import (bool_param, int_param, json_ok, name_param, paginate, request_params,
+                     status_message)
 
 
 class WorkflowRoutes:
@@ -26,7 +24,7 @@ class WorkflowRoutes:
 
     def _check_api_enabled(self) -> None:
         if not self.server.cfg.enable_model_api:
-            raise MethodNotAllowedError(MODEL_API_DISABLED)
+            raise MethodNotAllowedError()
 
     async def register(self, request: web.Request) -> web.Response:
         self._check_api_enabled()
@@ -34,8 +32,10 @@ class WorkflowRoutes:
         url = params.get("url")
         if not url:
             raise BadRequestError("Parameter url is required.")
+        if not isinstance(url, str):
+            raise BadRequestError(f"Parameter url must be a string, got {url!r}")
         bool_param(params, "synchronous", True)
-        entry = await self.manager.register(str(url), params.get("workflow_name") or None)
+        entry = await self.manager.register(url, name_param(params, "workflow_name"))
         self._save_snapshot()
         return status_message(f"Workflow {entry.name} has been registered and scaled "
                               "successfully.")
@@ -43,9 +43,9 @@ class WorkflowRoutes:
     async def list(self, request: web.Request) -> web.Response:
         entries = sorted(self.server.registry.workflows.values(), key=lambda e: e.name)
         page, token = paginate(entries, request.query)
-        return json_ok({"nextPageToken": token,
-                        "workflows": [{"workflowName": e.name, "workflowUrl": e.url}
-                                      for e in page]})
+        body: dict = {} if token is None else {"nextPageToken": token}
+        body["workflows"] = [{"workflowName": e.name, "workflowUrl": e.url} for e in page]
+        return json_ok(body)
 
     async def describe(self, request: web.Request) -> web.Response:
         return json_ok(self.manager.describe(request.match_info["workflow_name"]))
@@ -63,7 +63,7 @@ class WorkflowRoutes:
         min_w = int_param(params, "min_worker")
         max_w = int_param(params, "max_worker")
         if min_w is not None and max_w is not None and max_w < min_w:
-            raise BadRequestError("max_worker cannot be less than min_worker")
+            raise BadRequestError("max_worker cannot be less than min_worker.")
         await self.manager.scale(name, min_w, max_w)
         self._save_snapshot()
         return status_message(f"Workflow \"{name}\" scaled")
