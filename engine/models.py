@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import shutil
+import sys
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
@@ -88,6 +89,20 @@ def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+async def install_requirements(model_dir: Path, requirements: str) -> None:
+    """``install_py_dep_per_model``: pip-install the archive's requirements into the model
+    directory itself, which the worker already puts first on ``sys.path``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--target", str(model_dir), "-r", str(model_dir / requirements),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await proc.communicate()
+    if proc.returncode != 0:
+        tail = " ".join(output.decode(errors="replace").strip().splitlines()[-3:])
+        raise InternalServerError(f"Failed to install the requirements of {model_dir.name}: "
+                                  f"{tail}")
+
+
 class ModelManager:
     MAX_ARCHIVE_BYTES = 8 << 30
 
@@ -166,6 +181,12 @@ class ModelManager:
         except ArchiveError as exc:
             shutil.rmtree(model_dir, ignore_errors=True)
             raise BadRequestError(f"Invalid model archive {url}: {exc}") from None
+        if self.cfg.install_py_dep_per_model and manifest.requirements_file:
+            try:
+                await install_requirements(model_dir, manifest.requirements_file)
+            except BaseException:
+                shutil.rmtree(model_dir, ignore_errors=True)
+                raise
         return await self.register_dir(url, model_dir, opts, name=manifest.model_name,
                                        version=manifest.model_version, runtime=manifest.runtime,
                                        handler=manifest.handler or "", manifest=manifest.to_dict(),

@@ -257,8 +257,6 @@ def test_cors_headers(srv):
     assert "X-Custom-Header" in resp.headers.get("Access-Control-Allow-Headers", "")
 
 
-@pytest.mark.xfail(strict=True, reason="install_py_dep_per_model is read into Config but the "
-                   "archive's requirementsFile is never installed, so the model cannot load")
 def test_install_py_dep_per_model(srv):
     resp = infer(srv, "POST", "/predictions/deps", data=b"x")
     assert resp.status_code == 200, resp.text
