@@ -27,7 +27,7 @@ $(EXAMPLES_STAMP): $(STAMP)
 
 setup-examples: $(EXAMPLES_STAMP)
 
-test: setup
+test: setup-examples
 	$(PY) -m pytest -q
 
 examples: setup-examples
@@ -35,7 +35,8 @@ examples: setup-examples
 
 serve: examples
 	$(VENV)/bin/dagserve --start --foreground --model-store model_store --workflow-store wf_store \
-		--models all --workflows all --disable-token-auth --ncs $(PORT_ARGS)
+		--models shapes=shapes.mar shapes_ts=shapes_ts.mar --workflows all \
+		--disable-token-auth --ncs $(PORT_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.run $(if $(PEER),--peer $(PEER),)

@@ -15,7 +15,8 @@ from workflows import (CompiledWorkflow, SpecError, check_functions, list_module
                        load_spec_file)
 
 from .config import Config
-from .errors import BadRequestError, DagserveError, InternalServerError, WorkflowNotFoundError
+from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
+                     WorkflowNotFoundError)
 from .models import ModelManager, ModelOptions
 from .registry import ModelVersion, Registry, WorkflowEntry
 from .scheduler import NodeFailed, Plan, run_plan
@@ -52,6 +53,8 @@ class WorkflowManager:
         try:
             return await run_plan(runnable.plan, runnable.targets, request)
         except NodeFailed as exc:
+            if exc.status < 500:  # the node refused its input: keep its status and say so
+                raise PredictionError(str(exc), exc.status) from None
             raise InternalServerError(str(exc), exc.status) from None
 
     # -- registration ---------------------------------------------------------------------

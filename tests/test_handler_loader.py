@@ -269,3 +269,17 @@ def test_alias_wins_over_an_installed_ts_package(tmp_path, monkeypatch):
     from ts.context import Context as TsContext
 
     assert TsContext is Context
+
+
+def test_a_bare_folder_named_like_a_builtin_does_not_hide_it(tmp_path, monkeypatch):
+    """A namespace package on sys.path (e.g. examples/image_classifier/) is not a handler."""
+    import sys
+
+    from engine.handler import loader
+
+    (tmp_path / "elsewhere" / "image_classifier").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    sys.modules.pop("image_classifier", None)
+    module = loader._import_handler_module("image_classifier", tmp_path)
+    assert module.__name__ == "engine.handler.image_classifier"
+    sys.modules.pop("image_classifier", None)

