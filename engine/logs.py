@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 SERVER_LOG = "ts_log.log"
 ACCESS_LOG = "access_log.log"
 MODEL_LOG = "model_log.log"
+MODEL_METRICS_LOG = "model_metrics.log"
+SERVER_METRICS_LOG = "ts_metrics.log"
 LOGGER_NAME = "dagserve"
 
 _LOG_FORMAT = "%(asctime)s [%(levelname)-5s] %(threadName)s %(name)s - %(message)s"
@@ -192,6 +194,38 @@ def _decode(chunk: bytes) -> str:
     return chunk.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
+class MetricsLog:
+    """``model_metrics.log`` (what handlers record) and ``ts_metrics.log`` (the server's own
+    figures, written periodically), in TorchServe's line format
+    ``Name.Unit:value|#Dim:v,...|#hostname:h,timestamp:epoch``."""
+
+    def __init__(self, log_dir: Path, max_lines: int = 1000, interval_s: float = 1.0) -> None:
+        self.model = _LineBuffer(log_dir / MODEL_METRICS_LOG, max_lines, interval_s)
+        self.server = _LineBuffer(log_dir / SERVER_METRICS_LOG, max_lines, interval_s)
+        self._clock = _Clock()
+
+    def _line(self, name: str, unit: str, value: float, dims: dict, hostname: str) -> str:
+        dim_text = ",".join(f"{k}:{v}" for k, v in dims.items())
+        return (f"{self._clock.now()} - {name}.{unit}:{value:g}|#{dim_text}"
+                f"|#hostname:{hostname},timestamp:{int(time.time())}\n")
+
+    def record_model(self, name: str, unit: str, value: float, dims: dict,
+                     hostname: str) -> None:
+        self.model.add(self._line(name, unit, value, dims, hostname))
+
+    def record_server(self, name: str, unit: str, value: float, dims: dict,
+                      hostname: str) -> None:
+        self.server.add(self._line(name, unit, value, dims, hostname))
+
+    def start(self) -> None:
+        self.model.start()
+        self.server.start()
+
+    def close(self) -> None:
+        self.model.close()
+        self.server.close()
+
+
 @dataclass
 class Logs:
     """The open log files of one server run. ``start`` (inside the event loop) starts the
@@ -200,16 +234,19 @@ class Logs:
     log_dir: Path
     access: AccessLog
     model: ModelLog
+    metrics: MetricsLog
     handlers: list[logging.Handler]
     logger: logging.Logger
 
     def start(self) -> None:
         self.access.start()
         self.model.start()
+        self.metrics.start()
 
     def close(self) -> None:
         self.access.close()
         self.model.close()
+        self.metrics.close()
         for handler in self.handlers:
             self.logger.removeHandler(handler)
             handler.close()
@@ -246,6 +283,7 @@ def setup_logging(cfg: "Config", *, access_max_lines: int = 1000,
     logs = Logs(log_dir=log_dir,
                 access=AccessLog(log_dir / ACCESS_LOG, access_max_lines, flush_interval_s),
                 model=ModelLog(log_dir / MODEL_LOG, access_max_lines, flush_interval_s),
+                metrics=MetricsLog(log_dir, access_max_lines, flush_interval_s),
                 handlers=handlers, logger=logger)
     if cfg.log_config is not None:
         _apply_log_config(Path(cfg.log_config), logger)

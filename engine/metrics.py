@@ -22,6 +22,7 @@ dagserve adds ``dagserve_model_workers{model_name, model_version, status}`` and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -96,9 +97,11 @@ class MetricsCollector(Collector):
     """A prometheus_client Collector over the server's registry, registered in a private
     ``CollectorRegistry`` (``self.prometheus``), never the global one."""
 
-    def __init__(self, registry: Registry, hostname: str | None = None):
+    def __init__(self, registry: Registry, hostname: str | None = None, log: Any = None):
         self.registry = registry
         self.hostname = hostname or socket.gethostname()
+        self.log = log  # logs.MetricsLog: model_metrics.log and ts_metrics.log, or None
+        self._log_task: asyncio.Task | None = None
         self.status = StatusCounter()
         self._dropped_warned: set[tuple[str, str]] = set()
         self.prometheus = CollectorRegistry(auto_describe=False)
@@ -117,6 +120,7 @@ class MetricsCollector(Collector):
         "dims"}``) into ``mv.stats.handler_metrics``: key (name, type, unit, dims) ->
         [sum, count, last]."""
         store = mv.stats.handler_metrics
+        log = self.log
         for item in metrics:
             try:
                 dims = item.get("dims") or {}
@@ -125,6 +129,8 @@ class MetricsCollector(Collector):
                 value = float(item["value"])
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue  # a malformed entry: nothing sensible to export
+            if log is not None:
+                log.record_model(key[0], key[2] or "Count", value, dims, self.hostname)
             entry = store.get(key)
             if entry is not None:
                 entry[0] += value
@@ -137,6 +143,40 @@ class MetricsCollector(Collector):
                 log.warning("model %s version %s sends more than %d distinct metric series; "
                             "further ones are not exported", mv.name, mv.version,
                             MAX_HANDLER_SERIES)
+
+    # -- ts_metrics.log -----------------------------------------------------------------
+
+    def start_server_log(self, interval_s: float = 60.0) -> None:
+        """Write the server's figures to ts_metrics.log now and every ``interval_s``."""
+        if self.log is not None and self._log_task is None:
+            self._log_task = asyncio.get_running_loop().create_task(
+                self._server_log_loop(interval_s))
+
+    async def _server_log_loop(self, interval_s: float) -> None:
+        while True:
+            self.write_server_metrics()
+            await asyncio.sleep(interval_s)
+
+    def write_server_metrics(self) -> None:
+        host, record = self.hostname, self.log.record_server
+        for name, count in zip(("Requests2XX", "Requests4XX", "Requests5XX"),
+                               self.status.counts):
+            record(name, "Count", count, {"Level": "Host"}, host)
+        memory = _meminfo()
+        if memory:
+            total, available = memory
+            record("MemoryUsed", "Megabytes", (total - available) / 1024, {"Level": "Host"}, host)
+            record("MemoryAvailable", "Megabytes", available / 1024, {"Level": "Host"}, host)
+            record("MemoryUtilization", "Percent", 100 * (total - available) / total,
+                   {"Level": "Host"}, host)
+        for mv in self.registry.all_versions():
+            record("WorkerCount", "Count", sum(1 for w in mv.pool.workers if w.alive),
+                   {"ModelName": mv.name, "Level": "Model"}, host)
+
+    def stop_server_log(self) -> None:
+        if self._log_task is not None:
+            self._log_task.cancel()
+            self._log_task = None
 
     # -- scrape time -------------------------------------------------------------------
 
@@ -210,3 +250,12 @@ class MetricsCollector(Collector):
                 else:
                     fam.add_sample(pname, labels, last)
         yield from families.values()
+
+
+def _meminfo() -> tuple[float, float] | None:
+    """(MemTotal, MemAvailable) in KiB from /proc/meminfo; None where there is none."""
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/meminfo") if ":" in line)
+        return (float(fields["MemTotal"].split()[0]), float(fields["MemAvailable"].split()[0]))
+    except (OSError, KeyError, ValueError):
+        return None

@@ -228,12 +228,16 @@ def test_logs_directory(srv):
                       (logs / "access_log.log").read_text(errors="replace"), 10)
 
 
-@pytest.mark.xfail(strict=True, reason="no metrics log is written to logs/ (TorchServe: "
-                   "ts_metrics.log, model_metrics.log); engine/logs.py opens only ts_log, "
-                   "access_log and model_log")
 def test_metrics_logs_are_written(srv):
     assert infer(srv, "POST", "/predictions/cfgd", data=b"m").status_code == 200
-    assert wait_until(lambda: any((srv.workdir / "logs").glob("*metrics*.log")), 3)
+    logs = srv.workdir / "logs"
+
+    def logged(name: str, text: str) -> bool:
+        path = logs / name
+        return path.exists() and text in path.read_text(errors="replace")
+
+    assert wait_until(lambda: logged("model_metrics.log", "HandlerTime.ms:"), 5)
+    assert wait_until(lambda: logged("ts_metrics.log", "Requests2XX.Count:"), 5)
 
 
 @pytest.mark.xfail(strict=True, reason="max_response_size is read into Config but never "
