@@ -8,9 +8,14 @@ from aiohttp import web
 
 from ..workers.protocol import Param
 
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
-async def read_params(request: web.Request) -> list[Param]:
-    ctype = request.content_type
+
+async def read_params(request: web.BaseRequest) -> list[Param]:
+    raw_ctype = request.headers.get("Content-Type")
+    # aiohttp's parsed content type only when it may be a form (a raw body is the hot path)
+    ctype = request.content_type if raw_ctype and \
+        raw_ctype.lower().startswith(FORM_TYPES) else None
     params: list[Param] = []
     if ctype == "multipart/form-data":
         reader = await request.multipart()
@@ -24,7 +29,7 @@ async def read_params(request: web.Request) -> list[Param]:
             raw = value.encode() if isinstance(value, str) else value.file.read()  # type: ignore[union-attr]
             params.append(Param(key, None, raw))
     else:
-        params.append(Param("body", request.headers.get("Content-Type"), await request.read()))
+        params.append(Param("body", raw_ctype, await request.read()))
     if request.query_string:
         for key, value in request.query.items():
             params.append(Param(key, None, value.encode()))

@@ -6,6 +6,15 @@ go together, and requests that arrive while every worker is busy are gathered, u
 latency (a fixed wait would cost its full delay on every workflow hop at light load); it is
 kept and reported for compatibility. A job cancelled while queued (a workflow node timeout)
 is skipped; a result that arrives for a cancelled job is dropped.
+
+A busy worker may also be given batches to hold behind the one it runs (one, or a few when
+its batches are very quick: ``WorkerProcess.can_take_batch``), but only full ones
+(``batch_size`` requests; with ``batch_size`` 1 every batch is full): it starts them the
+moment it is done, instead of idling for a round trip through the frontend, while a
+partial batch keeps gathering in the queue until a worker is free. At light load nothing
+changes (a request goes to an idle worker at once); under load workers never wait for the
+frontend, which more than doubles what one worker serves when the model is fast. An idle
+worker is always preferred.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ class BatchQueue:
         self.batch_size = max(1, batch_size)
         self.capacity = capacity
         self._pending: deque[Job] = deque()
-        self._idle: list[WorkerProcess] = []
+        self._idle: list[WorkerProcess] = []  # workers with nothing to do
+        self._room: list[WorkerProcess] = []  # busy workers that may take another batch
         self._pump_scheduled = False
         self.queue_latency_s = 0.0  # summed over dispatched jobs, for metrics
         self.dispatched = 0
@@ -42,21 +52,48 @@ class BatchQueue:
                 "try again later or add workers")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append(Job(request, future, time.perf_counter()))
-        if self._idle and not self._pump_scheduled:
+        pending = self._pending
+        pending.append(Job(request, future, time.perf_counter()))
+        if (self._idle or (self._room and len(pending) >= self.batch_size)) \
+                and not self._pump_scheduled:
             self._pump_scheduled = True
             loop.call_soon(self._pump)
         return future
 
     def worker_ready(self, worker: WorkerProcess) -> None:
-        """A worker is free (new, or done with its batch)."""
+        """A worker is free (new, or done with all it held)."""
+        worker.on_room = self._worker_has_room
+        worker.on_unstarted = self._requeue
+        if worker in self._room:
+            self._room.remove(worker)
         self._idle.append(worker)
         if self._pending:
             self._pump()
 
     def worker_gone(self, worker: WorkerProcess) -> None:
+        """Send this worker nothing more (it is stopping, or dead)."""
+        worker.on_room = None
         if worker in self._idle:
             self._idle.remove(worker)
+        if worker in self._room:
+            self._room.remove(worker)
+
+    def _worker_has_room(self, worker: WorkerProcess) -> None:
+        """A worker finished a batch and runs one it held: it may take another."""
+        if worker not in self._room and worker.can_take_batch():
+            self._room.append(worker)
+        if len(self._pending) >= self.batch_size:
+            self._pump()
+
+    def _requeue(self, worker: WorkerProcess, jobs: list[Job]) -> None:
+        """Jobs a worker held but never started (it died or timed out): first in line."""
+        self.worker_gone(worker)
+        for job in reversed(jobs):
+            if not job.future.done():
+                self._pending.appendleft(job)
+        if self._pending and (self._idle or self._room) and not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
 
     def fail_pending(self, error: Exception) -> None:
         """Nobody will serve what is queued (no worker left): answer it now."""
@@ -67,11 +104,12 @@ class BatchQueue:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        pending, idle = self._pending, self._idle
+        pending, idle, room = self._pending, self._idle, self._room
         now = time.perf_counter()
-        while pending and idle:
+        size = self.batch_size
+        while pending and (idle or (room and len(pending) >= size)):
             batch: list[Job] = []
-            while pending and len(batch) < self.batch_size:
+            while pending and len(batch) < size:
                 job = pending.popleft()
                 if not job.future.done():  # cancelled or timed out while queued
                     batch.append(job)
@@ -79,4 +117,7 @@ class BatchQueue:
             if not batch:
                 return
             self.dispatched += len(batch)
-            idle.pop().dispatch(batch)
+            worker = idle.pop() if idle else room.pop()
+            worker.dispatch(batch)
+            if worker.alive and worker.can_take_batch():
+                room.append(worker)

@@ -1,14 +1,14 @@
 """The frontend's end of one worker's Unix socket: an asyncio Protocol that cuts the byte
 stream into frames and hands each to a callback. No per-frame task or coroutine is created:
-the hot path is ``data_received`` -> ``on_frame``."""
+the hot path is ``data_received`` -> ``on_frame``. A chunk that holds whole frames (the
+usual case) is parsed where it lies; only a partial frame is kept for the next chunk."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Callable
 
-from .protocol import HEADER, ProtocolError, parse_header
+from .protocol import HEADER, ProtocolError, decode_meta, parse_header
 
 FrameCallback = Callable[[dict, bytes], None]
 
@@ -17,8 +17,8 @@ class WorkerConnection(asyncio.Protocol):
     def __init__(self, on_frame: FrameCallback, on_lost: Callable[[Exception | None], None]):
         self._on_frame = on_frame
         self._on_lost = on_lost
-        self._buf = bytearray()
-        self._need: tuple[int, int] | None = None
+        self._buf = bytearray()  # the start of a frame whose end has not arrived yet
+        self._need = 0  # bytes that frame needs (its header's, until the header is in)
         self.transport: asyncio.Transport | None = None
         self.connected = asyncio.get_running_loop().create_future()
 
@@ -29,22 +29,29 @@ class WorkerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
-        buf += data
+        if buf:  # the rest of a frame that began in an earlier chunk
+            buf += data
+            if len(buf) < self._need:
+                return
+            data = bytes(buf)
+            buf.clear()
+        size = len(data)
+        pos = 0
         try:
-            while True:
-                if self._need is None:
-                    if len(buf) < HEADER.size:
-                        return
-                    self._need = parse_header(bytes(buf[:HEADER.size]))
-                    del buf[:HEADER.size]
-                meta_len, body_len = self._need
-                if len(buf) < meta_len + body_len:
-                    return
-                meta = json.loads(bytes(buf[:meta_len]))
-                body = bytes(buf[meta_len:meta_len + body_len])
-                del buf[:meta_len + body_len]
-                self._need = None
+            while size - pos >= HEADER.size:
+                meta_len, body_len = parse_header(data, pos)
+                start = pos + HEADER.size
+                end = start + meta_len + body_len
+                if end > size:
+                    break
+                meta = decode_meta(str(data[start:start + meta_len], "utf-8"))
+                body = data[start + meta_len:end]
+                pos = end
                 self._on_frame(meta, body)
+            if pos < size:
+                buf += memoryview(data)[pos:]
+                self._need = (HEADER.size + sum(parse_header(buf)) if len(buf) >= HEADER.size
+                              else HEADER.size)
         except (ProtocolError, ValueError) as exc:
             if self.transport is not None:
                 self.transport.close()

@@ -2,7 +2,17 @@
 results, and notice at once when it dies or passes its response timeout.
 
 A worker that dies fails the requests it held with a 5xx right away (never a hang); the pool
-decides whether to start another."""
+decides whether to start another.
+
+A worker may hold batches behind the one it is running (the queue sends them: see
+``BatchQueue``); it reads the next from its socket the moment it is done, instead of waiting
+a round trip through the frontend. It holds one such batch, and up to ``MAX_HELD`` while its
+batches are so quick that all of them would start within ``HOLD_BUDGET_S`` (judged from a
+moving average of its batch times): a fast model keeps its worker busy, a slow one never
+has requests waiting behind it that another worker could take sooner. Only the running
+batch counts as started: its response timeout starts when the one before it finishes, and
+batches the worker never started are handed back to the queue (``on_unstarted``) when it
+dies or times out, to be served by another worker instead of failing with it."""
 
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
@@ -25,6 +36,9 @@ from .connection import WorkerConnection
 log = logging.getLogger("dagserve.workers")
 
 _ids = itertools.count(9000)
+
+MAX_HELD = 3  # batches a worker may hold behind the running one
+HOLD_BUDGET_S = 0.001  # ... as long as they would all start within about this long
 
 
 @dataclass
@@ -75,7 +89,14 @@ class WorkerProcess:
         self._server: asyncio.AbstractServer | None = None
         self._conn: WorkerConnection | None = None
         self._ready: asyncio.Future | None = None
-        self._inflight: list[Job] = []
+        self._inflight: list[Job] = []  # the batch the worker is running
+        self._held: deque[list[Job]] = deque()  # batches waiting behind it in the socket
+        self._started = 0.0  # when the running batch started
+        self._batch_s = HOLD_BUDGET_S  # moving average of how long a batch takes
+        # Set by the queue that feeds this worker: a batch finished and another is still
+        # running (room for one more); batches never started when the worker went away.
+        self.on_room: Callable[[WorkerProcess], None] | None = None
+        self.on_unstarted: Callable[[WorkerProcess, list[Job]], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._dead = False
         self._stopping = False
@@ -170,16 +191,30 @@ class WorkerProcess:
     def busy(self) -> bool:
         return bool(self._inflight)
 
+    def can_take_batch(self) -> bool:
+        """Idle, or quick enough to hold one more batch (see the module docstring)."""
+        held = len(self._held)
+        if not self._inflight or held == 0:
+            return True
+        return held < MAX_HELD and (held + 1) * self._batch_s <= HOLD_BUDGET_S
+
     # -- batches ------------------------------------------------------------------------
 
     def dispatch(self, jobs: list[Job]) -> None:
-        assert self._conn is not None and not self._inflight
-        self._inflight = jobs
+        """Send a batch: the one to run now, or (while one runs) the one to run next."""
+        assert self._conn is not None and jobs
+        if self._inflight:
+            self._held.append(jobs)
+        else:
+            self._inflight = jobs
+            self._start_batch(time.perf_counter())
         try:
             self._conn.send(protocol.encode_predict([j.request for j in jobs]))
         except ConnectionError:
             self._die("Worker connection closed.")
-            return
+
+    def _start_batch(self, now: float) -> None:
+        self._started = now
         timeout = self.spec.response_timeout
         if timeout > 0:
             self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
@@ -208,10 +243,19 @@ class WorkerProcess:
             log.warning("worker %s sent an unknown frame %r", self.id, op)
 
     def _on_result(self, meta: dict, body: bytes) -> None:
+        if not self._inflight:
+            return  # the late result of a batch that timed out (the worker is being killed)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        jobs, self._inflight = self._inflight, []
+        jobs = self._inflight
+        now = time.perf_counter()
+        self._batch_s += 0.2 * (now - self._started - self._batch_s)
+        if self._held:  # the worker has started the batch behind this one
+            self._inflight = self._held.popleft()
+            self._start_batch(now)
+        else:
+            self._inflight = []
         responses = protocol.decode_result(meta, body)
         for job, resp in zip(jobs, responses):
             if not job.future.done():
@@ -222,8 +266,12 @@ class WorkerProcess:
         metrics = meta.get("metrics")
         if metrics and self._on_metrics is not None:
             self._on_metrics(metrics)
-        if not self._dead:
+        if self._dead:
+            return
+        if not self._inflight:
             self._on_idle(self)
+        elif self.on_room is not None:
+            self.on_room(self)
 
     def _on_conn_lost(self, exc: Exception | None) -> None:
         if self._ready is not None and not self._ready.done():
@@ -233,10 +281,20 @@ class WorkerProcess:
     # -- death --------------------------------------------------------------------------
 
     def _fail_inflight(self, error: Exception) -> None:
+        """Fail the running batch; hand those behind it (never started) back."""
         jobs, self._inflight = self._inflight, []
+        unstarted = [job for batch in self._held for job in batch]
+        self._held.clear()
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)
+        if unstarted:
+            if self.on_unstarted is not None:
+                self.on_unstarted(self, unstarted)
+            else:
+                for job in unstarted:
+                    if not job.future.done():
+                        job.future.set_exception(error)
 
     def _die(self, reason: str) -> None:
         if self._dead:

@@ -13,6 +13,11 @@ Operations (the ``op`` key of ``meta``):
                 request's parameter bytes, in order
 ``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...]}``;
                 body = every response's bytes, in order
+
+Both sides pay for a frame on every batch, so encoding is kept cheap: one shared compact
+JSON encoder (``json.dumps`` with options builds a new encoder per call), one ``join`` that
+copies each body once, and on the worker a :class:`FrameReader` that gets a whole small
+frame with one ``recv`` instead of three.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from dataclasses import dataclass, field
 
 HEADER = struct.Struct("!II")
 MAX_FRAME = 1 << 31  # a frame larger than this is a protocol error
+
+_encode_meta = json.JSONEncoder(separators=(",", ":")).encode
+decode_meta = json.JSONDecoder().decode  # str -> dict; meta is ASCII JSON
 
 
 class ProtocolError(Exception):
@@ -61,23 +69,32 @@ class Response:
 
 
 def pack(meta: dict, body: bytes | bytearray | memoryview = b"") -> bytes:
-    raw = json.dumps(meta, separators=(",", ":")).encode()
-    return HEADER.pack(len(raw), len(body)) + raw + bytes(body)
+    raw = _encode_meta(meta).encode()
+    return b"".join((HEADER.pack(len(raw), len(body)), raw, body))
+
+
+def _pack_parts(meta: dict, chunks: list[bytes], body_len: int) -> bytes:
+    raw = _encode_meta(meta).encode()
+    chunks[0:0] = (HEADER.pack(len(raw), body_len), raw)
+    return b"".join(chunks)
 
 
 def encode_predict(requests: list[Request]) -> bytes:
     reqs = []
-    chunks = []
+    chunks: list[bytes] = []
+    size = 0
     for req in requests:
         params = []
         for p in req.params:
-            params.append([p.name, p.content_type, len(p.value)])
-            chunks.append(p.value)
+            value = p.value
+            params.append([p.name, p.content_type, len(value)])
+            chunks.append(value)
+            size += len(value)
         reqs.append({"id": req.id, "headers": req.headers, "params": params})
-    return pack({"op": "predict", "reqs": reqs}, b"".join(chunks))
+    return _pack_parts({"op": "predict", "reqs": reqs}, chunks, size)
 
 
-def decode_predict(meta: dict, body: bytes) -> list[Request]:
+def decode_predict(meta: dict, body: bytes | bytearray | memoryview) -> list[Request]:
     view = memoryview(body)
     pos = 0
     out = []
@@ -92,8 +109,11 @@ def decode_predict(meta: dict, body: bytes) -> list[Request]:
 
 def encode_result(responses: list[Response], metrics: list[dict] | None = None) -> bytes:
     resps = []
+    chunks: list[bytes] = []
+    size = 0
     for r in responses:
-        item: dict = {"id": r.id, "code": r.code, "len": len(r.value)}
+        value = r.value
+        item: dict = {"id": r.id, "code": r.code, "len": len(value)}
         if r.content_type:
             item["ct"] = r.content_type
         if r.headers:
@@ -101,17 +121,24 @@ def encode_result(responses: list[Response], metrics: list[dict] | None = None) 
         if r.message:
             item["msg"] = r.message
         resps.append(item)
+        chunks.append(value)
+        size += len(value)
     meta: dict = {"op": "result", "resps": resps}
     if metrics:
         meta["metrics"] = metrics
-    return pack(meta, b"".join(r.value for r in responses))
+    return _pack_parts(meta, chunks, size)
 
 
 def decode_result(meta: dict, body: bytes) -> list[Response]:
+    resps = meta["resps"]
+    if len(resps) == 1 and resps[0]["len"] == len(body):  # one response: no copy
+        r = resps[0]
+        return [Response(r["id"], r["code"], bytes(body), r.get("ct"), r.get("headers") or {},
+                         r.get("msg", ""))]
     view = memoryview(body)
     pos = 0
     out = []
-    for r in meta["resps"]:
+    for r in resps:
         n = r["len"]
         out.append(Response(r["id"], r["code"], bytes(view[pos:pos + n]), r.get("ct"),
                             r.get("headers") or {}, r.get("msg", "")))
@@ -119,8 +146,8 @@ def decode_result(meta: dict, body: bytes) -> list[Response]:
     return out
 
 
-def parse_header(header: bytes) -> tuple[int, int]:
-    meta_len, body_len = HEADER.unpack(header)
+def parse_header(header: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int]:
+    meta_len, body_len = HEADER.unpack_from(header, offset)
     if meta_len + body_len > MAX_FRAME:
         raise ProtocolError(f"frame of {meta_len + body_len} bytes is too large")
     return meta_len, body_len
@@ -141,11 +168,67 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def recv_frame(sock: socket.socket) -> tuple[dict, bytes]:
+    """One frame, read with exact-size reads (nothing past the frame is consumed)."""
     meta_len, body_len = parse_header(_recv_exact(sock, HEADER.size))
-    meta = json.loads(_recv_exact(sock, meta_len))
+    meta = decode_meta(_recv_exact(sock, meta_len).decode())
     body = _recv_exact(sock, body_len) if body_len else b""
     return meta, body
 
 
 def send_frame(sock: socket.socket, frame: bytes) -> None:
     sock.sendall(frame)
+
+
+class FrameReader:
+    """Frames from a blocking socket that only this reader reads from: one ``recv`` into a
+    reusable buffer usually holds a whole frame (header, meta and body), where exact reads
+    cost three system calls. A frame larger than the buffer is read straight into a buffer
+    of its own size."""
+
+    def __init__(self, sock: socket.socket, buffer_size: int = 1 << 16):
+        self._sock = sock
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # unread bytes are self._buf[self._start:self._end]
+        self._end = 0
+
+    def _fill(self, need: int) -> None:
+        """Make at least ``need`` (<= buffer size) unread bytes available."""
+        if self._start + need > len(self._buf):  # move the unread tail to the front
+            tail = self._end - self._start
+            self._buf[:tail] = self._buf[self._start:self._end]
+            self._start, self._end = 0, tail
+        while self._end - self._start < need:
+            k = self._sock.recv_into(self._view[self._end:])
+            if k == 0:
+                raise EOFError("peer closed the socket")
+            self._end += k
+
+    def read(self) -> tuple[dict, bytes | bytearray]:
+        self._fill(HEADER.size)
+        meta_len, body_len = parse_header(self._buf, self._start)
+        self._start += HEADER.size
+        total = meta_len + body_len
+        if total <= len(self._buf):
+            self._fill(total)
+            start = self._start
+            view = self._view
+            meta = decode_meta(str(view[start:start + meta_len], "utf-8"))
+            body = bytes(view[start + meta_len:start + total])
+            self._start += total
+            return meta, body
+        # a large frame: what is buffered, then the rest read into its own buffer
+        frame = bytearray(total)
+        have = self._end - self._start
+        frame[:have] = self._view[self._start:self._end]
+        self._start = self._end = 0
+        view = memoryview(frame)
+        while have < total:
+            k = self._sock.recv_into(view[have:])
+            if k == 0:
+                raise EOFError("peer closed the socket")
+            have += k
+        meta = decode_meta(frame[:meta_len].decode())
+        del view
+        del frame[:meta_len]
+        return meta, frame
