@@ -136,6 +136,7 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
             await anyio.sleep(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
         expired: list = []
         timer = None
+        started = loop.time()
         try:
             target.pool.check_can_serve()
             future = target.queue.submit(Request(request.id, params, request.headers))
@@ -145,13 +146,16 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
             if not expired or _cancelled_from_outside():
                 raise
             last, status = f"timed out after {plan.timeout_s * 1000:g} ms", 500
+            target.stats.count(504, loop.time() - started)
             continue
         except DagserveError as exc:
             last, status = exc.message, exc.status
+            target.stats.count(exc.status, loop.time() - started)
             continue
         finally:
             if timer is not None:
                 timer.cancel()
+        target.stats.count(resp.code, loop.time() - started)  # every node has its metrics
         if resp.code < 400:
             return resp
         last = resp.message or resp.value.decode("utf-8", "replace") or f"status {resp.code}"

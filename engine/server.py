@@ -55,6 +55,14 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+def cors_headers(cfg: Config) -> dict[str, str]:
+    """TorchServe's ``cors_allowed_*`` keys as the headers every response carries."""
+    pairs = (("Access-Control-Allow-Origin", cfg.cors_allowed_origin),
+             ("Access-Control-Allow-Methods", cfg.cors_allowed_methods),
+             ("Access-Control-Allow-Headers", cfg.cors_allowed_headers))
+    return {name: value for name, value in pairs if value}
+
+
 class Server:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -87,12 +95,13 @@ class Server:
         access = self.logs.access
         if self.metrics is not None:  # Requests2XX/4XX/5XX count every response
             access = self.metrics.counting(access)
-        common = make_common_middleware(access)
+        common = make_common_middleware(access, cors_headers(cfg))
         auth = self._auth_middlewares()
         run_workflow = self.workflows.run if self.workflows is not None else None
         inference = build_inference_server(
             self.registry, middlewares=[common, *auth.get("inference", [])],
             max_request_size=cfg.max_request_size, run_workflow=run_workflow,
+            max_response_size=cfg.max_response_size,
             access_log=None)
         runners: list[tuple[str, web.BaseRunner]] = [
             (cfg.inference_address, web.ServerRunner(inference, handle_signals=False))]

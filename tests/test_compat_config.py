@@ -240,8 +240,6 @@ def test_metrics_logs_are_written(srv):
     assert wait_until(lambda: logged("ts_metrics.log", "Requests2XX.Count:"), 5)
 
 
-@pytest.mark.xfail(strict=True, reason="max_response_size is read into Config but never "
-                   "enforced: a reply larger than it reaches the client with 200")
 def test_reply_over_max_response_size_is_refused(srv):
     assert infer(srv, "POST", "/predictions/cfgd", data=b"small").content == b"small"
     resp = infer(srv, "POST", "/predictions/cfgd", data=b"big")
@@ -250,8 +248,6 @@ def test_reply_over_max_response_size_is_refused(srv):
     assert infer(srv, "POST", "/predictions/cfgd", data=b"after").content == b"after"
 
 
-@pytest.mark.xfail(strict=True, reason="cors_allowed_origin/methods/headers are read into "
-                   "Config but no app adds the Access-Control-Allow-* headers")
 def test_cors_headers(srv):
     # TorchServe adds the three configured headers to its responses
     resp = infer(srv, "GET", "/ping", headers={"Origin": "http://example.com"})

@@ -325,9 +325,6 @@ def test_form_and_multipart_bodies_over_max_request_size_are_413(main):
     error(infer(main, "POST", "/predictions/named", files={"data": ("big.bin", big)}), 413)
 
 
-@pytest.mark.xfail(strict=True, reason="a multipart body without a boundary reaches "
-                   "read_params' MultipartReader, whose error is answered 500 'Internal server "
-                   "error' instead of a 400 that names the problem")
 def test_malformed_multipart_is_a_client_error(main):
     resp = infer(main, "POST", "/predictions/named", data=b"--x\r\n",
                  headers={"Content-Type": "multipart/form-data"})

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from engine.registry import ModelStats
 from engine.scheduler import NodeFailed, NodePlan, Plan, run_plan
 from engine.workers.protocol import Param, Request, Response
 
@@ -54,6 +55,7 @@ class Target:
     def __init__(self, queue: FakeQueue):
         self.queue = queue
         self.pool = FakePool()
+        self.stats = ModelStats()
 
 
 def plan(edges: dict[str, list[str]], timeout_s: float = 5.0, retries: int = 1) -> Plan:

@@ -387,3 +387,19 @@ def test_workflows_survive_a_killed_server(tmp_path):
         assert desc[0]["minWorkers"] == 2
     with start_server(tmp_path, model_store=models, args=[*args, "--ncs"], timeout=120) as third:
         assert wfpredict(third, "chain").status_code == 404
+
+
+def test_every_node_has_metrics(registered):
+    def served(node_model: str) -> float:
+        text = requests.get(registered.metrics_url + "/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith("ts_inference_requests_total{") and \
+                    f'model_name="{node_model}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no ts_inference_requests_total for {node_model}")
+
+    before = {n: served(f"chain__{n}") for n in ("pre", "echo", "post")}
+    for _ in range(3):
+        assert wfpredict(registered, "chain").status_code == 200
+    for node, count in before.items():
+        assert served(f"chain__{node}") == count + 3, node

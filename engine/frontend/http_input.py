@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..errors import BadRequestError
 from ..workers.protocol import Param
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -16,6 +17,20 @@ async def read_params(request: web.BaseRequest) -> list[Param]:
     # aiohttp's parsed content type only when it may be a form (a raw body is the hot path)
     ctype = request.content_type if raw_ctype and \
         raw_ctype.lower().startswith(FORM_TYPES) else None
+    if ctype is not None:
+        try:
+            params = await _read_form(request, ctype)
+        except ValueError as exc:  # no boundary, a broken part, bad encoding ...
+            raise BadRequestError(f"Invalid {ctype} body: {exc}") from None
+    else:
+        params = [Param("body", raw_ctype, await request.read())]
+    if request.query_string:
+        for key, value in request.query.items():
+            params.append(Param(key, None, value.encode()))
+    return params
+
+
+async def _read_form(request: web.BaseRequest, ctype: str) -> list[Param]:
     params: list[Param] = []
     if ctype == "multipart/form-data":
         reader = await request.multipart()
@@ -28,9 +43,4 @@ async def read_params(request: web.BaseRequest) -> list[Param]:
         for key, value in form.items():
             raw = value.encode() if isinstance(value, str) else value.file.read()  # type: ignore[union-attr]
             params.append(Param(key, None, raw))
-    else:
-        params.append(Param("body", raw_ctype, await request.read()))
-    if request.query_string:
-        for key, value in request.query.items():
-            params.append(Param(key, None, value.encode()))
     return params

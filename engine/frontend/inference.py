@@ -22,7 +22,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import MethodNotAllowedError, ResourceNotFoundError
+from ..errors import InternalServerError, MethodNotAllowedError, ResourceNotFoundError
 from ..registry import Registry
 from ..workers.protocol import Request, Response
 from .http_input import read_params
@@ -40,9 +40,18 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 
 class InferenceRoutes:
-    def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None):
+    def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
+                 max_response_size: int | None = None):
         self.registry = registry
         self.run_workflow = run_workflow
+        self.max_response_size = max_response_size
+
+    def _reply(self, resp: Response) -> web.Response:
+        limit = self.max_response_size
+        if limit is not None and len(resp.value) > limit:
+            raise InternalServerError(f"Response size {len(resp.value)} bytes exceeds "
+                                      f"max_response_size ({limit} bytes)")
+        return handler_response(resp)
 
     async def ping(self, request: web.BaseRequest) -> web.Response:
         healthy = all(mv.pool.ready_count >= mv.min_workers
@@ -62,7 +71,7 @@ class InferenceRoutes:
         try:
             resp = await mv.queue.submit(req)
             status = resp.code
-            return handler_response(resp)
+            return self._reply(resp)
         except BaseException as exc:
             status = getattr(exc, "status", 500)
             raise
@@ -74,7 +83,7 @@ class InferenceRoutes:
         if self.run_workflow is None:
             raise ResourceNotFoundError()
         req = Request(request["request_id"], await read_params(request), dict(request.headers))
-        return handler_response(await self.run_workflow(workflow, req))
+        return self._reply(await self.run_workflow(workflow, req))
 
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
@@ -157,9 +166,10 @@ class InferenceServer(web.Server):
 
 def build_inference_server(registry: Registry, *, middlewares: list, max_request_size: int,
                            run_workflow: WorkflowRunner | None = None,
+                           max_response_size: int | None = None,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
-    router = InferenceRouter(InferenceRoutes(registry, run_workflow))
+    router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

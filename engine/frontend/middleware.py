@@ -56,7 +56,9 @@ def _http_error(exc: web.HTTPException) -> web.Response:
     return error_response(err.status, err.type_name or type(err).__name__, err.message)
 
 
-def make_common_middleware(access: AccessRecorder | None):
+def make_common_middleware(access: AccessRecorder | None,
+                           extra_headers: dict[str, str] | None = None):
+    """``extra_headers`` go on every response (the configured CORS headers)."""
     perf_counter = time.perf_counter
     next_id = new_request_id
 
@@ -78,6 +80,8 @@ def make_common_middleware(access: AccessRecorder | None):
             log.exception("unhandled error in %s %s", request.method, request.path)
             response = error_response(500, "InternalServerException", "Internal server error")
         response.headers["x-request-id"] = request_id
+        if extra_headers:
+            response.headers.update(extra_headers)
         if access is not None:
             access.record(request.remote, request.method, request.path_qs, response.status,
                           (perf_counter() - start) * 1e3)
