@@ -106,9 +106,9 @@ def archives() -> list[Archive]:
         _mar("minilm_embedder", str(TEXT / "embedder_handler.py"), extra=(TEXT / "minilm.py",),
              requirements=TEXT / "requirements.txt", text=True),
         _war("shapes_chain", shapes_chain / "shapes_chain.yaml",
-             shapes_chain / "shapes_chain_handler.py"),
+             shapes_chain / "shapes_chain_handler.py", (WORKFLOWS / "image_input.py",)),
         _war("shapes_ensemble", ensemble / "shapes_ensemble.yaml",
-             ensemble / "shapes_ensemble_handler.py"),
+             ensemble / "shapes_ensemble_handler.py", (WORKFLOWS / "image_input.py",)),
         _war("text_intent", TEXT / "text_intent.yaml", TEXT / "text_intent_handler.py",
              extra=(TEXT / "build" / "intent_index.json",), text=True),
     ]
