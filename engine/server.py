@@ -18,9 +18,15 @@ from aiohttp import web
 from .config import Config, split_address
 from .errors import DagserveError
 from .frontend.inference import build_inference_server
+from .frontend.management import build_management_app
+from .frontend.metrics_api import build_metrics_app
 from .frontend.middleware import make_common_middleware
+from .logs import setup_logging
+from .metrics import MetricsCollector
 from .models import ModelManager, ModelOptions
 from .registry import Registry
+from .snapshot import SnapshotManager
+from .workflow_manager import WorkflowManager
 from .workers.pool import DeviceAllocator, visible_gpu_count
 
 log = logging.getLogger("dagserve.server")
@@ -79,8 +85,6 @@ class Server:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.log_dir.mkdir(parents=True, exist_ok=True)
-        from .logs import setup_logging
-
         self.logs = setup_logging(cfg)
         self.work_dir = Path(tempfile.mkdtemp(prefix="dagserve-"))
         os.chmod(self.work_dir, 0o700)
@@ -88,29 +92,26 @@ class Server:
         devices = DeviceAllocator(visible_gpu_count(cfg.number_of_gpu))
         self.models = ModelManager(cfg, self.registry, work_dir=self.work_dir, devices=devices,
                                    model_log=self.model_log, on_change=self._changed)
-        await self._start_extensions()
+        self.workflows = WorkflowManager(cfg, self.registry, self.models)
+        self.metrics = MetricsCollector(self.registry, log=self.logs.metrics)
+        self.models.on_metrics = self.metrics.record_handler_metrics
         self.logs.start()
-        if self.metrics is not None:
-            self.metrics.start_server_log()
-        access = self.logs.access
-        if self.metrics is not None:  # Requests2XX/4XX/5XX count every response
-            access = self.metrics.counting(access)
-        common = make_common_middleware(access, cors_headers(cfg))
+        self.metrics.start_server_log()
+        # every response counts in Requests2XX/4XX/5XX and goes to the access log
+        common = make_common_middleware(self.metrics.counting(self.logs.access),
+                                        cors_headers(cfg))
         auth = self._auth_middlewares()
-        run_workflow = self.workflows.run if self.workflows is not None else None
         inference = build_inference_server(
             self.registry, middlewares=[common, *auth.get("inference", [])],
-            max_request_size=cfg.max_request_size, run_workflow=run_workflow,
-            max_response_size=cfg.max_response_size,
-            access_log=None)
+            max_request_size=cfg.max_request_size, run_workflow=self.workflows.run,
+            max_response_size=cfg.max_response_size, access_log=None)
+        management = build_management_app(self, middlewares=[common,
+                                                             *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
-            (cfg.inference_address, web.ServerRunner(inference, handle_signals=False))]
-        management = self._management_app(common, auth.get("management", []))
-        if management is not None:
-            runners.append((cfg.management_address, self._app_runner(management)))
-        metrics_app = self._metrics_app(common)
-        if metrics_app is not None:
-            runners.append((cfg.metrics_address, self._app_runner(metrics_app)))
+            (cfg.inference_address, web.ServerRunner(inference, handle_signals=False)),
+            (cfg.management_address, self._app_runner(management)),
+            (cfg.metrics_address,
+             self._app_runner(build_metrics_app(self.metrics, middlewares=[common])))]
         for address, runner in runners:
             host, port = split_address(address)
             await runner.setup()
@@ -123,23 +124,6 @@ class Server:
     def _app_runner(app: web.Application) -> web.AppRunner:
         return web.AppRunner(app, access_log=None, handle_signals=False)
 
-    # -- optional parts: each is wired in when its module exists ---------------------------
-
-    async def _start_extensions(self) -> None:
-        try:
-            from .workflow_manager import WorkflowManager
-        except ImportError:
-            WorkflowManager = None  # type: ignore[assignment]
-        if WorkflowManager is not None:
-            self.workflows = WorkflowManager(self.cfg, self.registry, self.models)
-        try:
-            from .metrics import MetricsCollector
-        except ImportError:
-            MetricsCollector = None  # type: ignore[assignment]
-        if MetricsCollector is not None:
-            self.metrics = MetricsCollector(self.registry, log=self.logs.metrics)
-            self.models.on_metrics = self.metrics.record_handler_metrics
-
     def _auth_middlewares(self) -> dict[str, list]:
         if self.cfg.disable_token_authorization:
             return {}
@@ -149,20 +133,6 @@ class Server:
         return {kind: [make_auth_middleware(self.keys, kind)]
                 for kind in ("inference", "management")}
 
-    def _management_app(self, common, auth: list) -> web.Application | None:
-        try:
-            from .frontend.management import build_management_app
-        except ImportError:
-            return None
-        return build_management_app(self, middlewares=[common, *auth])
-
-    def _metrics_app(self, common) -> web.Application | None:
-        if self.metrics is None:
-            return None
-        from .frontend.metrics_api import build_metrics_app
-
-        return build_metrics_app(self.metrics, middlewares=[common])
-
     def _changed(self) -> None:
         if self.snapshots is not None:
             self.snapshots.changed()
@@ -171,13 +141,8 @@ class Server:
         assert self.models is not None
         restored = False
         if self.cfg.snapshots:
-            try:
-                from .snapshot import SnapshotManager
-            except ImportError:
-                SnapshotManager = None  # type: ignore[assignment]
-            if SnapshotManager is not None:
-                self.snapshots = SnapshotManager(self)
-                restored = await self.snapshots.restore_latest()
+            self.snapshots = SnapshotManager(self)
+            restored = await self.snapshots.restore_latest()
         if not restored:
             for name, url in startup_model_entries(self.cfg):
                 try:
@@ -185,8 +150,7 @@ class Server:
                                                                  loaded_at_startup=True))
                 except DagserveError as exc:
                     log.error("could not load model %s at start: %s", url, exc.message)
-            if self.workflows is not None:
-                await self.workflows.load_at_start()
+            await self.workflows.load_at_start()
         if self.snapshots is not None:
             self.snapshots.write("startup")
 

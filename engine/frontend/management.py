@@ -1,6 +1,6 @@
 """The management API (default 127.0.0.1:8081), TorchServe 0.12's: register, scale,
 describe, unregister and list models, set a default version; ``/token`` when token
-authorization is on; the ``/workflows`` routes when the workflow module is there.
+authorization is on; the ``/workflows`` routes (workflow_routes.py).
 
 Messages and JSON layouts are TorchServe's. Where dagserve is stricter (a parameter that is
 not a number is a 400 naming it, instead of silently taking the default) the message says
@@ -17,13 +17,27 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import (BadRequestError, ConflictError, ForbiddenError, InternalServerError,
-                      MethodNotAllowedError, ModelNotFoundError)
+from ..errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    InternalServerError,
+    MethodNotAllowedError,
+    ModelNotFoundError,
+)
 from ..models import SERVER_VERSION, ModelOptions
 from ..registry import ModelVersion
 from ..workers.process import WorkerStartError
-from .params import (bool_param, int_param, json_ok, name_param, paginate, request_params,
-                     status_message)
+from .params import (
+    bool_param,
+    int_param,
+    json_ok,
+    name_param,
+    paginate,
+    request_params,
+    status_message,
+)
+from .workflow_routes import add_workflow_routes
 
 log = logging.getLogger("dagserve.management")
 
@@ -312,10 +326,5 @@ def build_management_app(server, middlewares: list) -> web.Application:
         token = token_handler(keys)
         r.add_get("/token", token)
         r.add_post("/token", token)
-    try:
-        from .workflow_routes import add_workflow_routes
-    except ImportError:
-        add_workflow_routes = None  # type: ignore[assignment]
-    if add_workflow_routes is not None:
-        add_workflow_routes(r, server)
+    add_workflow_routes(r, server)
     return app

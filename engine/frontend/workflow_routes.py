@@ -70,8 +70,6 @@ class WorkflowRoutes:
 
 
 def add_workflow_routes(router: web.UrlDispatcher, server) -> None:
-    if server.workflows is None:
-        return
     routes = WorkflowRoutes(server)
     router.add_post("/workflows", routes.register)
     router.add_get("/workflows", routes.list)
