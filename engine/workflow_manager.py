@@ -12,7 +12,7 @@ from pathlib import Path
 
 from archiver import ArchiveError, read_workflow_manifest
 from workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
-                       load_spec_file)
+                       load_spec)
 
 from .config import Config
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
@@ -77,7 +77,7 @@ class WorkflowManager:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
         try:
-            compiled = self._compile(wf_dir, manifest, name)
+            compiled = self._compile(wf_dir, manifest, name, Path(url).name)
             nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler)
         except BaseException:
             self.registry.release_workflow(name)
@@ -90,9 +90,16 @@ class WorkflowManager:
         self.models.on_change()
         return entry
 
-    def _compile(self, wf_dir: Path, manifest, name: str) -> CompiledWorkflow:
+    def _compile(self, wf_dir: Path, manifest, name: str, url_name: str) -> CompiledWorkflow:
+        spec_path = wf_dir / manifest.spec_file
         try:
-            compiled = load_spec_file(wf_dir / manifest.spec_file, name=name)
+            text = spec_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadRequestError(f"Cannot read the workflow specification "
+                                  f"{manifest.spec_file}: {exc}") from None
+        try:
+            # errors name the archive's own file, not where the server unpacked it
+            compiled = load_spec(text, name=name, source=f"{url_name}/{manifest.spec_file}")
             if compiled.functions:
                 handler_file = wf_dir / handler_file_name(manifest.handler)
                 available = list_module_functions(handler_file) if handler_file.exists() else set()

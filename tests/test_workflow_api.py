@@ -279,47 +279,54 @@ def test_same_name_twice_is_409(registered):
     assert r.json()["message"] == "Workflow chain is already registered."
 
 
-def test_invalid_specs_are_400_with_line_numbers(registered):
-    wars = registered.wars
-    bad = {
-        "cycle": "models: {}\ndag:\n  pre: [post]\n  post: [left]\n  left: [post]\n",
-        "missing_fn": "models: {}\ndag:\n  pre: [no_such_function]\n",
-        "bad_type": "models:\n  batch-size: eight\ndag:\n  pre: []\n",
-    }
-    for name, spec in bad.items():
-        src = wars.parent / f"bad-{name}"
-        src.mkdir(exist_ok=True)
-        # workflow-archiver refuses these at archive time: build the .war by hand
-        (src / "spec.yaml").write_text(spec)
-        shutil.copy(FIXTURES / "wf_handler.py", src / "wf_handler.py")
-        manifest = {"createdOn": "01/01/2026 00:00:00",
-                    "workflow": {"workflowName": name, "specFile": "spec.yaml",
-                                 "handler": "wf_handler.py"}, "archiverVersion": "0.12.0"}
-        import zipfile
-        with zipfile.ZipFile(wars / f"{name}.war", "w") as zf:
-            zf.write(src / "spec.yaml", "spec.yaml")
-            zf.write(src / "wf_handler.py", "wf_handler.py")
-            zf.writestr("WAR-INF/MANIFEST.json", json.dumps(manifest, indent=2))
-    r = register(registered, "cycle.war")
-    assert r.status_code == 400
-    assert "cycle" in r.json()["message"] and ":5:" in r.json()["message"]
-    r = register(registered, "missing_fn.war")
-    assert r.status_code == 400
-    assert "no_such_function" in r.json()["message"]
-    r = register(registered, "bad_type.war")
-    assert r.status_code == 400
-    assert ":2:" in r.json()["message"]
-    names = [w["workflowName"] for w in
-             requests.get(registered.management_url + "/workflows", timeout=10).json()["workflows"]]
-    assert not {"cycle", "missing_fn", "bad_type"} & set(names)
+# every kind of invalid spec: (spec, what the message must name, the line it must name)
+INVALID_SPECS = {
+    "cycle": ("models: {}\ndag:\n  pre: [post]\n  post: [left]\n  left: [post]\n",
+              "cycle", 5),
+    "self_loop": ("models: {}\ndag:\n  pre: [pre]\n", "pre", 3),
+    "two_starts": ("models: {}\ndag:\n  pre: [post]\n  left: [post]\n", "start", 3),
+    "missing_fn": ("models: {}\ndag:\n  pre: [no_such_function]\n", "no_such_function", 3),
+    "bad_type": ("models:\n  batch-size: eight\ndag:\n  pre: []\n", "batch-size", 2),
+    "unknown_global": ("models:\n  batch-sise: 4\ndag:\n  pre: []\n", "batch-sise", 2),
+    "no_url": ("models:\n  m1:\n    batch-size: 2\ndag:\n  m1: []\n", "url", 2),
+    "yaml_syntax": ("models: {}\ndag:\n  pre: [post\n  post: []\n", "YAML", 4),
+}
 
 
-def test_workflow_archiver_refuses_an_invalid_spec_with_its_line(tmp_path):
-    result = build_war(tmp_path, "broken", "models: {}\ndag:\n  pre: [post]\n  post: [pre]\n")
+def write_war_by_hand(wars: Path, name: str, spec: str) -> None:
+    """workflow-archiver refuses invalid specs, so build the .war the way an old tool might."""
+    import zipfile
+
+    manifest = {"createdOn": "01/01/2026 00:00:00",
+                "workflow": {"workflowName": name, "specFile": "spec.yaml",
+                             "handler": "wf_handler.py"}, "archiverVersion": "0.12.0"}
+    with zipfile.ZipFile(wars / f"{name}.war", "w") as zf:
+        zf.writestr("spec.yaml", spec)
+        zf.write(FIXTURES / "wf_handler.py", "wf_handler.py")
+        zf.writestr("WAR-INF/MANIFEST.json", json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_SPECS))
+def test_invalid_specs_are_400_with_line_numbers(registered, name):
+    spec, names, line = INVALID_SPECS[name]
+    write_war_by_hand(registered.wars, name, spec)
+    r = register(registered, f"{name}.war")
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert names in message
+    assert f"{name}.war/spec.yaml:{line}:" in message, message  # no server-private path
+    listed = requests.get(registered.management_url + "/workflows", timeout=10).json()
+    assert name not in [w["workflowName"] for w in listed["workflows"]]
+
+
+@pytest.mark.parametrize("name", sorted(set(INVALID_SPECS) - {"missing_fn"}))
+def test_workflow_archiver_refuses_an_invalid_spec_with_its_line(tmp_path, name):
+    spec, names, line = INVALID_SPECS[name]
+    result = build_war(tmp_path, name, spec)
     assert result.returncode != 0
-    assert "cycle" in result.stderr
-    assert ":4:" in result.stderr
-    assert not (tmp_path / "broken.war").exists()
+    assert names in result.stderr
+    assert f":{line}:" in result.stderr
+    assert not (tmp_path / f"{name}.war").exists()
 
 
 def test_missing_war_is_404(registered):
