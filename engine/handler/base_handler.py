@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from .metrics import timed
-from .util import PredictionException, import_from_dir, list_classes_from_module, load_label_mapping
+from .util import (PredictionException, import_from_dir, list_classes_from_module,
+                   load_label_mapping, row_input)
 
 __all__ = ["BaseHandler"]
 
@@ -137,11 +138,7 @@ class BaseHandler:
         """Rows of numbers (a JSON body, or ``data``/``body`` fields) -> one batch tensor."""
         rows = []
         for idx, row in enumerate(data):
-            value = row
-            if isinstance(row, dict):
-                value = row.get("data")
-                if value is None:
-                    value = row.get("body")
+            value = row_input(row)
             if isinstance(value, (bytes, bytearray, str)):
                 raise PredictionException(
                     f"request {idx}: {type(self).__name__} expects a JSON array of numbers "

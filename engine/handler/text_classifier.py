@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .text_handler import TextHandler
-from .util import PredictionException, map_class_to_label
+from .util import PredictionException, map_class_to_label, row_input
 
 __all__ = ["TextClassifier"]
 
@@ -42,11 +42,7 @@ class TextClassifier(TextHandler):
         ids: list[int] = []
         offsets: list[int] = []
         for idx, row in enumerate(data):
-            text = row
-            if isinstance(row, dict):
-                text = row.get("data")
-                if text is None:
-                    text = row.get("body")
+            text = row_input(row)
             if isinstance(text, (bytes, bytearray)):
                 try:
                     text = text.decode("utf-8")

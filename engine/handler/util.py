@@ -159,3 +159,12 @@ def as_number(value: Any, what: str) -> float | int:
         except (TypeError, ValueError):
             raise ValueError(f"{what} must be a number, got {value!r}") from None
     return value
+
+
+def row_input(row: Any) -> Any:
+    """A request's input as TorchServe handlers read it: the ``data`` field, else ``body``
+    (a row that is not a dict is its own input)."""
+    if not isinstance(row, dict):
+        return row
+    value = row.get("data")
+    return row.get("body") if value is None else value

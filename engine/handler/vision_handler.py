@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from .base_handler import BaseHandler
-from .util import PredictionException
+from .util import PredictionException, row_input
 
 __all__ = ["VisionHandler", "center_crop", "normalize", "resize_shorter", "standard_transform",
            "to_tensor"]
@@ -187,11 +187,7 @@ class VisionHandler(BaseHandler):
         context = self.context
         images = []
         for idx, row in enumerate(data):
-            value = row
-            if isinstance(row, dict):
-                value = row.get("data")
-                if value is None:
-                    value = row.get("body")
+            value = row_input(row)
             request_id = context.get_request_id(idx) if context is not None else None
             image = _decode_image(value, idx, request_id)
             if isinstance(image, Image.Image):
