@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from archiver.errors import ArchiveError
+from archiver.cli_support import run_pack
 from archiver.pack import ARCHIVE_FORMATS, PACK_RUNTIMES, archive_path, pack_model
 
 PROG = "model-archiver"
@@ -44,10 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     export = Path(args.export_path) if args.export_path is not None else Path.cwd()
-    try:
-        out = archive_path(export, args.model_name, args.archive_format)
-        replacing = args.force and (out.exists() or out.is_symlink())
-        pack_model(
+    return run_pack(
+        PROG, lambda: archive_path(export, args.model_name, args.archive_format), args.force,
+        lambda: pack_model(
             model_name=args.model_name,
             version=args.version,
             handler=args.handler,
@@ -60,27 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             requirements_file=args.requirements_file,
             config_file=args.config_file,
-        )
-    except ArchiveError as exc:
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{PROG}: error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
-    if replacing:
-        print(f"WARNING - Overwrote {out}", file=sys.stderr)
-    return 0
-
-
-def one_line(exc: BaseException) -> str:
-    """An error message folded onto one line."""
-    return " ".join(str(exc).split())
-
-
-def os_error_line(exc: OSError) -> str:
-    """An unexpected OS error as one line naming the file."""
-    where = f" ({exc.filename})" if exc.filename else ""
-    return one_line(f"{exc.strerror or exc}{where}")
+        ))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from archiver.cli_support import run_pack
 from archiver.errors import ArchiveError
-from archiver.model_cli import one_line, os_error_line
 from archiver.pack import pack_workflow
 
 PROG = "workflow-archiver"
@@ -41,10 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     export = Path(args.export_path) if args.export_path is not None else Path.cwd()
     validate, spec_error = spec_validator()
-    try:
-        out = export / f"{args.workflow_name}.war"
-        replacing = args.force and (out.exists() or out.is_symlink())
-        pack_workflow(
+    return run_pack(
+        PROG, lambda: export / f"{args.workflow_name}.war", args.force,
+        lambda: pack_workflow(
             workflow_name=args.workflow_name,
             spec_file=args.spec_file,
             handler=args.handler,
@@ -52,20 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_path=export,
             force=args.force,
             validate_spec=validate,
-        )
-    except ArchiveError as exc:
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except spec_error as exc:
-        # The spec validator's message lists every problem with its line:col; keep its lines.
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{PROG}: error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
-    if replacing:
-        print(f"WARNING - Overwrote {out}", file=sys.stderr)
-    return 0
+        ),
+        listed_errors=(spec_error,))
 
 
 def spec_validator() -> tuple[Callable[[Path], None], type[Exception]]:
