@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 from .properties import parse_properties
@@ -159,3 +159,18 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ConfigError(f"address must look like http://host:port, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def startup_entries(items: tuple[str, ...], store: Path | None,
+                    is_archive: Callable[[Path], bool]) -> list[tuple[str | None, str]]:
+    """``--models`` / ``--workflows`` (and ``load_models`` / ``load_workflows``) as
+    (name or None, url) pairs: ``name=url`` or ``url``; ``all`` = every archive in ``store``."""
+    entries: list[tuple[str | None, str]] = []
+    for item in items:
+        if item == "all":
+            if store is not None and store.is_dir():
+                entries += [(None, p.name) for p in sorted(store.iterdir()) if is_archive(p)]
+            continue
+        name, sep, url = item.partition("=")
+        entries.append((name, url) if sep else (None, item))
+    return entries

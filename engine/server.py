@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .config import Config, split_address
+from .config import Config, split_address, startup_entries
 from .errors import DagserveError
 from .frontend.inference import build_inference_server
 from .frontend.management import build_management_app
@@ -34,22 +34,9 @@ log = logging.getLogger("dagserve.server")
 STARTED_LINE = "Model server started."
 
 
-def startup_model_entries(cfg: Config) -> list[tuple[str | None, str]]:
-    """``--models`` / ``load_models`` as (name or None, url) pairs; ``all`` = every archive
-    in the model store."""
-    entries: list[tuple[str | None, str]] = []
-    for item in cfg.load_models:
-        if item == "all":
-            store = cfg.model_store
-            if store is not None and store.is_dir():
-                for path in sorted(store.iterdir()):
-                    if path.suffix == ".mar" or path.name.endswith(".tar.gz") or \
-                            (path.is_dir() and (path / "MAR-INF").is_dir()):
-                        entries.append((None, path.name))
-            continue
-        name, sep, url = item.partition("=")
-        entries.append((name, url) if sep else (None, item))
-    return entries
+def is_model_archive(path: Path) -> bool:
+    return path.suffix == ".mar" or path.name.endswith(".tar.gz") or \
+        (path.is_dir() and (path / "MAR-INF").is_dir())
 
 
 def _settle_heap() -> None:
@@ -144,7 +131,8 @@ class Server:
             self.snapshots = SnapshotManager(self)
             restored = await self.snapshots.restore_latest()
         if not restored:
-            for name, url in startup_model_entries(self.cfg):
+            for name, url in startup_entries(self.cfg.load_models, self.cfg.model_store,
+                                             is_model_archive):
                 try:
                     await self.models.register(url, ModelOptions(model_name=name,
                                                                  loaded_at_startup=True))

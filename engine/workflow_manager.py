@@ -14,7 +14,7 @@ from archiver import ArchiveError, read_workflow_manifest
 from workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
                        load_spec)
 
-from .config import Config
+from .config import Config, startup_entries
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
                      WorkflowNotFoundError)
 from .models import ModelManager, ModelOptions
@@ -164,20 +164,9 @@ class WorkflowManager:
 
     # -- start and snapshots --------------------------------------------------------------
 
-    def start_entries(self) -> list[tuple[str | None, str]]:
-        entries: list[tuple[str | None, str]] = []
-        for item in self.cfg.load_workflows:
-            if item == "all":
-                store = self.cfg.workflow_store
-                if store is not None and store.is_dir():
-                    entries += [(None, p.name) for p in sorted(store.glob("*.war"))]
-                continue
-            wf_name, sep, url = item.partition("=")
-            entries.append((wf_name, url) if sep else (None, item))
-        return entries
-
     async def load_at_start(self) -> None:
-        for name, url in self.start_entries():
+        for name, url in startup_entries(self.cfg.load_workflows, self.cfg.workflow_store,
+                                         lambda p: p.suffix == ".war"):
             try:
                 await self.register(url, name)
             except DagserveError as exc:
@@ -212,9 +201,6 @@ class WorkflowManager:
                  "workflowDag": entry.compiled.to_json(),
                  "nodes": {node: {"model": mv.name, "workers": mv.pool.ready_count}
                            for node, mv in entry.node_models.items()}}]
-
-    async def close(self) -> None:
-        self._runnable.clear()
 
 
 def handler_file_name(handler: str) -> str:
