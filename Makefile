@@ -14,7 +14,7 @@ PORT_ARGS ?=
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,fast]'
 	touch $@

@@ -4,8 +4,8 @@ This package imports nothing from ``engine``; ``unpack`` is the only code in dag
 opens archives.
 """
 
-from archiver.errors import ArchiveError
-from archiver.manifest import (
+from dagserve.archiver.errors import ArchiveError
+from dagserve.archiver.manifest import (
     ARCHIVER_VERSION,
     DEFAULT_MODEL_VERSION,
     MODEL_MANIFEST_PATH,
@@ -16,9 +16,9 @@ from archiver.manifest import (
     read_model_manifest,
     read_workflow_manifest,
 )
-from archiver.pack import ARCHIVE_FORMATS, archive_path, check_name, pack_model, pack_workflow
-from archiver.sources import BUILTIN_HANDLERS
-from archiver.unpack import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, unpack
+from dagserve.archiver.pack import ARCHIVE_FORMATS, archive_path, check_name, pack_model, pack_workflow
+from dagserve.archiver.sources import BUILTIN_HANDLERS
+from dagserve.archiver.unpack import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, unpack
 
 __all__ = [
     "ARCHIVER_VERSION",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from archiver.errors import ArchiveError
+from dagserve.archiver.errors import ArchiveError
 
 
 def one_line(exc: BaseException | str) -> str:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from archiver.errors import ArchiveError
+from dagserve.archiver.errors import ArchiveError
 
 # The torch-model-archiver release whose output we reproduce; TorchServe only logs a
 # warning when this is missing, but users' tooling sometimes reads it.

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from archiver.cli_support import run_pack
-from archiver.pack import ARCHIVE_FORMATS, PACK_RUNTIMES, archive_path, pack_model
+from dagserve.archiver.cli_support import run_pack
+from dagserve.archiver.pack import ARCHIVE_FORMATS, PACK_RUNTIMES, archive_path, pack_model
 
 PROG = "model-archiver"
 

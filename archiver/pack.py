@@ -30,15 +30,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
-from archiver.errors import ArchiveError
-from archiver.manifest import (
+from dagserve.archiver.errors import ArchiveError
+from dagserve.archiver.manifest import (
     MODEL_MANIFEST_PATH,
     WORKFLOW_MANIFEST_PATH,
     ModelManifest,
     WorkflowManifest,
     format_created_on,
 )
-from archiver.sources import (
+from dagserve.archiver.sources import (
     ExtraFiles,
     FileSet,
     require_file,

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from archiver.errors import ArchiveError
+from dagserve.archiver.errors import ArchiveError
 
 BUILTIN_HANDLERS = frozenset(
     {"base_handler", "image_classifier", "text_classifier", "object_detector", "image_segmenter"}

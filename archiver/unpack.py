@@ -34,7 +34,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
-from archiver.errors import ArchiveError
+from dagserve.archiver.errors import ArchiveError
 
 DEFAULT_MAX_TOTAL_BYTES = 4 * 1024**3
 DEFAULT_MAX_FILES = 100_000

@@ -1,7 +1,7 @@
 """``workflow-archiver``: build a .war with torch-workflow-archiver's flags.
 
-The spec is validated before anything is written: by ``workflows.validate_spec_file``
-when the ``workflows`` package is importable, else only as YAML that must hold a mapping.
+The spec is validated before anything is written, by ``dagserve.workflows.validate_spec_file``
+(the same check as registration: schema, graph, every problem with its line).
 Exit status 0 on success, 1 on bad input (one line on stderr; a spec error lists each
 problem), 2 for usage errors (argparse).
 """
@@ -13,11 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
-from archiver.cli_support import run_pack
-from archiver.errors import ArchiveError
-from archiver.pack import pack_workflow
+from dagserve.archiver.cli_support import run_pack
+from dagserve.archiver.errors import ArchiveError
+from dagserve.archiver.pack import pack_workflow
 
 PROG = "workflow-archiver"
 
@@ -57,12 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def spec_validator() -> tuple[Callable[[Path], None], type[Exception]]:
     """The spec check to run, and the exception type it raises for an invalid spec."""
-    try:
-        from workflows import SpecError, validate_spec_file
-    except ImportError as exc:
-        if exc.name != "workflows":  # the package is there but broken: do not hide that
-            raise
-        return check_yaml_mapping, ArchiveError
+    from dagserve.workflows import SpecError, validate_spec_file
 
     def validate(path: Path) -> None:
         try:
@@ -71,24 +64,6 @@ def spec_validator() -> tuple[Callable[[Path], None], type[Exception]]:
             raise ArchiveError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
 
     return validate, SpecError
-
-
-def check_yaml_mapping(path: Path) -> None:
-    """Fallback check without the ``workflows`` package: the spec is YAML holding a mapping."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ArchiveError(f"{where}: invalid YAML: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ArchiveError(f"{path}: invalid YAML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ArchiveError(f"{path}: spec file is not UTF-8 text") from None
-    except OSError as exc:
-        raise ArchiveError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
-    if not isinstance(data, dict):
-        raise ArchiveError(f"{path}: a workflow spec must be a YAML mapping with models: and dag:")
 
 
 if __name__ == "__main__":

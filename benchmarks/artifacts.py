@@ -8,8 +8,8 @@
   archived with ``examples/build.py``'s own definition from the trained files under
   ``examples/image_classifier/build/`` (never trained here: that takes minutes).
 
-Every archive is made by the real archiver CLIs (``python -m archiver.model_cli`` /
-``archiver.workflow_cli``), as a user would.
+Every archive is made by the real archiver CLIs (``python -m dagserve.archiver.model_cli`` /
+``dagserve.archiver.workflow_cli``), as a user would.
 """
 
 from __future__ import annotations
@@ -78,14 +78,14 @@ def _mar(store: Path, name: str, handler: Path, *, extra: list[Path] = (),
         args += ["--extra-files", ",".join(str(p) for p in extra)]
     if config is not None:
         args += ["--config-file", str(config)]
-    _run_archiver("archiver.model_cli", args)
+    _run_archiver("dagserve.archiver.model_cli", args)
     return f"{name}.mar"
 
 
 def _war(store: Path, name: str, spec_text: str, specs: Path) -> str:
     spec = specs / f"{name}.yaml"
     spec.write_text(spec_text, encoding="utf-8")
-    _run_archiver("archiver.workflow_cli", [
+    _run_archiver("dagserve.archiver.workflow_cli", [
         "--workflow-name", name, "--spec-file", str(spec),
         "--handler", str(MODELS / "workflow_handler.py"), "--export-path", str(store), "-f"])
     return f"{name}.war"

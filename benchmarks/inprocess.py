@@ -27,8 +27,8 @@ def load_entry(model_dir: Path, batch_size: int) -> tuple[Callable, Any]:
     """The handler's per-batch entry point and its context, as a worker builds them."""
     import yaml
 
-    from engine.handler.context import Context
-    from engine.handler.loader import load_handler
+    from dagserve.engine.handler.context import Context
+    from dagserve.engine.handler.loader import load_handler
 
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text(encoding="utf-8"))
     model = manifest.get("model", {})
@@ -60,7 +60,7 @@ def time_calls(call: Callable[[], Any], seconds: float, warmup_s: float) -> tupl
 
 
 def _batch_call(entry: Callable, context: Any, image: bytes, batch: int) -> Callable[[], Any]:
-    from engine.handler.context import RequestProcessor
+    from dagserve.engine.handler.context import RequestProcessor
 
     data = [{"body": image} for _ in range(batch)]
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from archiver import unpack
+    from dagserve.archiver import unpack
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -66,9 +66,9 @@ def _frame_file(frame: str) -> str:
 
 
 def _short_process(frame: str) -> str:
-    """``process 123:"python -m engine.workers.main --settings {...}"`` -> shorter text."""
+    """``process 123:"python -m dagserve.engine.workers.main --settings {...}"`` -> shorter text."""
     text = frame.split(":", 1)[1].strip().strip('"') if ":" in frame else frame
-    for marker, name in (("engine.workers.main", "worker"), ("engine.cli", "frontend"),
+    for marker, name in (("dagserve.engine.workers.main", "worker"), ("dagserve.engine.cli", "frontend"),
                          ("model_service_worker", "TorchServe worker")):
         if marker in text:
             model = re.search(r'"model_name": "([^"]+)"', text)

@@ -82,7 +82,7 @@ def _common_flags(config: Path, store: Path, preload: str) -> list[str]:
 
 def dagserve_command(config: Path, store: Path, preload: str,
                      python: str = sys.executable) -> list[str]:
-    return [python, "-m", "engine.cli", "--foreground",
+    return [python, "-m", "dagserve.engine.cli", "--foreground",
             *_common_flags(config, store, preload)]
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from dagserve import __version__
+
 from .config import Config, load_config, split_address
 from .errors import ConfigError, DagserveError
 
@@ -255,7 +257,7 @@ def run_foreground(cfg: Config) -> int:
 
 def server_command(argv: Sequence[str]) -> list[str]:
     """The detached child's command line: this command, in the foreground."""
-    return [sys.executable, "-m", "engine.cli", *(a for a in argv if a != "--start"),
+    return [sys.executable, "-m", "dagserve.engine.cli", *(a for a in argv if a != "--start"),
             "--foreground"]
 
 
@@ -407,15 +409,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("dagserve")
-    except Exception:
-        return "unknown"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -423,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse already explained
         return exc.code if isinstance(exc.code, int) else 2
     if args.version:
-        print(f"dagserve Version is {_version()}")
+        print(f"dagserve Version is {__version__}")
         return 0
     if args.stop:
         return stop()

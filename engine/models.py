@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from archiver import ArchiveError, read_model_manifest, unpack
+from dagserve import __version__
+from dagserve.archiver import ArchiveError, read_model_manifest, unpack
 
 from .config import Config
 from .errors import (BadRequestError, ConflictError, InternalServerError,
@@ -28,7 +29,7 @@ from .workers.process import WorkerSpec, WorkerStartError
 
 log = logging.getLogger("dagserve.models")
 
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = __version__
 
 
 @dataclass

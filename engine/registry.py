@@ -64,7 +64,7 @@ class ModelVersion:
 class WorkflowEntry:
     name: str
     url: str
-    compiled: Any  # workflows.CompiledWorkflow
+    compiled: Any  # dagserve.workflows.CompiledWorkflow
     workflow_dir: Path
     node_models: dict[str, ModelVersion]  # dag node name -> its model (function nodes too)
     spec_settings: dict[str, Any] = field(default_factory=dict)

@@ -29,7 +29,7 @@ from typing import Protocol
 import anyio
 
 from .errors import DagserveError
-from .workers.protocol import Param, Request, Response
+from .messages import Param, Request, Response
 
 BACKOFF_BASE_S = 0.05
 BACKOFF_MAX_S = 2.0

@@ -10,8 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from archiver import ArchiveError, read_workflow_manifest
-from workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
+from dagserve.archiver import ArchiveError, read_workflow_manifest
+from dagserve.workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
                        load_spec)
 
 from .config import Config, startup_entries
@@ -20,7 +20,7 @@ from .errors import (BadRequestError, DagserveError, InternalServerError, Predic
 from .models import ModelManager, ModelOptions
 from .registry import ModelVersion, Registry, WorkflowEntry
 from .scheduler import NodeFailed, Plan, run_plan
-from .workers.protocol import Request, Response
+from .messages import Request, Response
 
 log = logging.getLogger("dagserve.workflows")
 

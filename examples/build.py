@@ -149,7 +149,7 @@ def build_archive(archive: Archive, store: Path, force: bool) -> str:
                          f"{', '.join(missing)}")
     if not force and _up_to_date(out, archive.inputs):
         return "up to date"
-    module = "archiver.model_cli" if archive.kind == "mar" else "archiver.workflow_cli"
+    module = "dagserve.archiver.model_cli" if archive.kind == "mar" else "dagserve.archiver.workflow_cli"
     _run([sys.executable, "-m", module, *archive.flags, "--export-path", str(store), "-f"],
          f"archiving {archive.file_name}")
     return "built"

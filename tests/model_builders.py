@@ -52,7 +52,7 @@ TINY_HANDLER = textwrap.dedent('''
 def archive(name: str, handler: str | Path, export: Path, *, version: str = "1.0",
             extra: list[Path] | None = None, model_file: Path | None = None,
             serialized: Path | None = None, config_file: Path | None = None) -> Path:
-    cmd = [sys.executable, "-m", "archiver.model_cli", "--model-name", name, "--version", version,
+    cmd = [sys.executable, "-m", "dagserve.archiver.model_cli", "--model-name", name, "--version", version,
            "--handler", str(handler), "--export-path", str(export), "-f"]
     if extra:
         cmd += ["--extra-files", ",".join(str(e) for e in extra)]

@@ -19,7 +19,7 @@ Typical use in a test module::
                       params={"url": "echo.mar", "initial_workers": 1})
         requests.post(server.inference_url + "/predictions/echo", data=b"hi")
 
-The server runs ``python -m engine.cli --foreground`` in ``workdir`` (so ``logs/``,
+The server runs ``python -m dagserve.engine.cli --foreground`` in ``workdir`` (so ``logs/``,
 ``key_file.json`` and the snapshots land there) with a generated ``config.properties`` that
 puts the three APIs on free 127.0.0.1 ports. Its stdout and stderr go to
 ``workdir/server-<n>.out``; :func:`start_server` waits (bounded) for
@@ -93,7 +93,7 @@ def build_mar(store: Path, name: str, handler_source: str, *, version: str = "1.
               extra_files: Mapping[str, str | bytes] | None = None,
               config_yaml: str | None = None, archive_format: str = "default",
               export_name: str | None = None) -> Path:
-    """Build ``<store>/<name>.mar`` (or ``export_name``) with ``python -m archiver.model_cli``
+    """Build ``<store>/<name>.mar`` (or ``export_name``) with ``python -m dagserve.archiver.model_cli``
     from a handler given as source text. ``extra_files`` maps file names to contents;
     ``config_yaml`` becomes the archive's model-config.yaml. Returns the archive's path."""
     store = Path(store)
@@ -103,7 +103,7 @@ def build_mar(store: Path, name: str, handler_source: str, *, version: str = "1.
     try:
         handler_path = src / handler_file
         handler_path.write_text(handler_source)
-        cmd = [sys.executable, "-m", "archiver.model_cli", "--model-name", name,
+        cmd = [sys.executable, "-m", "dagserve.archiver.model_cli", "--model-name", name,
                "-v", version, "--handler", str(handler_path), "--export-path", str(out_dir),
                "--archive-format", archive_format, "-f"]
         if extra_files:
@@ -141,7 +141,7 @@ def build_mar(store: Path, name: str, handler_source: str, *, version: str = "1.
 
 def build_war(store: Path, name: str, spec_yaml: str, handler_source: str = "",
               *, handler_file: str = "workflow_handler.py") -> Path:
-    """Build ``<store>/<name>.war`` with ``python -m archiver.workflow_cli`` from a spec and a
+    """Build ``<store>/<name>.war`` with ``python -m dagserve.archiver.workflow_cli`` from a spec and a
     handler file (its functions are the DAG's function nodes) given as text."""
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ def build_war(store: Path, name: str, spec_yaml: str, handler_source: str = "",
     try:
         (src / "spec.yaml").write_text(spec_yaml)
         (src / handler_file).write_text(handler_source)
-        cmd = [sys.executable, "-m", "archiver.workflow_cli", "--workflow-name", name,
+        cmd = [sys.executable, "-m", "dagserve.archiver.workflow_cli", "--workflow-name", name,
                "--spec-file", str(src / "spec.yaml"), "--handler", str(src / handler_file),
                "--export-path", str(store), "-f"]
         proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True, timeout=120,
@@ -369,7 +369,7 @@ def start_server(workdir: Path, *, model_store: Path | None = None, args: Sequen
         config_path = write_ts_config(workdir / f"config-{_server_count}.properties", chosen,
                                       config)
         output_path = workdir / f"server-{_server_count}.out"
-        cmd = [sys.executable, "-m", "engine.cli", "--foreground", "--ts-config",
+        cmd = [sys.executable, "-m", "dagserve.engine.cli", "--foreground", "--ts-config",
                str(config_path)]
         if model_store is not None:
             cmd += ["--model-store", str(model_store)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver import (
+from dagserve.archiver import (
     ARCHIVER_VERSION,
     ArchiveError,
     ModelManifest,

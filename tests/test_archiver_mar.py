@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import archiver.pack
-from archiver import BUILTIN_HANDLERS, ArchiveError, pack_model, read_model_manifest
-from archiver.model_cli import main
+import dagserve.archiver.pack
+from dagserve.archiver import BUILTIN_HANDLERS, ArchiveError, pack_model, read_model_manifest
+from dagserve.archiver.model_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CREATED_ON = re.compile(r'"createdOn": "\d\d/\d\d/\d{4} \d\d:\d\d:\d\d"')
@@ -312,7 +312,7 @@ def test_failure_while_writing_leaves_nothing(fmt: str, target: str, src: Path, 
     module_name, _, attr = target.rpartition(".")
     owner = {"zipfile.ZipFile": zipfile.ZipFile, "tarfile.TarFile": tarfile.TarFile}.get(module_name)
     if owner is None:
-        owner = archiver.pack.shutil
+        owner = dagserve.archiver.pack.shutil
     real = getattr(owner, attr)
     calls = []
 
@@ -480,7 +480,7 @@ def _subprocess_env() -> dict[str, str]:
 
 def test_cli_as_a_subprocess(src: Path, out: Path, tmp_path: Path):
     done = subprocess.run(
-        [sys.executable, "-m", "archiver.model_cli", *full_args(src, out, "--archive-format", "tgz")],
+        [sys.executable, "-m", "dagserve.archiver.model_cli", *full_args(src, out, "--archive-format", "tgz")],
         cwd=tmp_path, env=_subprocess_env(), capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
@@ -488,7 +488,7 @@ def test_cli_as_a_subprocess(src: Path, out: Path, tmp_path: Path):
     assert sorted(os.listdir(out)) == ["my-model.tar.gz"]
 
     again = subprocess.run(
-        [sys.executable, "-m", "archiver.model_cli", *full_args(src, out, "--archive-format", "tgz")],
+        [sys.executable, "-m", "dagserve.archiver.model_cli", *full_args(src, out, "--archive-format", "tgz")],
         cwd=tmp_path, env=_subprocess_env(), capture_output=True, text=True, timeout=60,
     )
     assert again.returncode == 1

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import archiver
-from archiver import ArchiveError, pack_model, pack_workflow, read_model_manifest, read_workflow_manifest, unpack
-from archiver.unpack import _Budget
+import dagserve.archiver
+from dagserve.archiver import ArchiveError, pack_model, pack_workflow, read_model_manifest, read_workflow_manifest, unpack
+from dagserve.archiver.unpack import _Budget
 
 FILES = {
     "model.py": b"class Net: pass\n",
@@ -406,8 +406,8 @@ def test_destination_parent_must_exist(tmp_path: Path):
 
 
 def test_default_limits_are_finite():
-    assert 0 < archiver.DEFAULT_MAX_TOTAL_BYTES < 2**40
-    assert 0 < archiver.DEFAULT_MAX_FILES < 10**7
+    assert 0 < dagserve.archiver.DEFAULT_MAX_TOTAL_BYTES < 2**40
+    assert 0 < dagserve.archiver.DEFAULT_MAX_FILES < 10**7
 
 
 def test_destination_inside_the_copied_directory(inputs: Path):

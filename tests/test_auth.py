@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine import auth
-from engine.auth import API, INFERENCE, MANAGEMENT, Key, KeyStore
-from engine.errors import ConfigError, DagserveError
+from dagserve.engine import auth
+from dagserve.engine.auth import API, INFERENCE, MANAGEMENT, Key, KeyStore
+from dagserve.engine.errors import ConfigError, DagserveError
 
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 

@@ -170,8 +170,8 @@ def test_results_table_format() -> None:
 
 
 def test_parse_py_spy_collapsed_stacks() -> None:
-    raw = ('process 1:"python -m engine.cli --foreground";main (cli.py:1);serve (s.py:2) 30\n'
-           'process 1:"python -m engine.cli";process 2:"python -m engine.workers.main '
+    raw = ('process 1:"python -m dagserve.engine.cli --foreground";main (cli.py:1);serve (s.py:2) 30\n'
+           'process 1:"python -m dagserve.engine.cli";process 2:"python -m dagserve.engine.workers.main '
            '--settings {\\"model_name\\": \\"echo\\"}";loop (w.py:3);recv (p.py:4) 10\n'
            'garbage line\n')
     prof = parse_collapsed(raw.replace('\\"', '"'))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli
-from engine.config import Config
+from dagserve.engine import cli
+from dagserve.engine.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -179,14 +179,14 @@ def test_version(isolated, capsys):
 # ---- foreground ----------------------------------------------------------------------------
 
 def fake_server_module(monkeypatch, run):
-    """Put a module with ``run`` in place of engine.server (the real one is not needed to
+    """Put a module with ``run`` in place of dagserve.engine.server (the real one is not needed to
     test the CLI around it)."""
-    import engine
+    import dagserve.engine
 
-    module = types.ModuleType("engine.server")
+    module = types.ModuleType("dagserve.engine.server")
     module.run = run
-    monkeypatch.setitem(sys.modules, "engine.server", module)
-    monkeypatch.setattr(engine, "server", module, raising=False)
+    monkeypatch.setitem(sys.modules, "dagserve.engine.server", module)
+    monkeypatch.setattr(dagserve.engine, "server", module, raising=False)
 
 
 def test_foreground_runs_server_and_owns_pid_file(isolated, monkeypatch):
@@ -274,7 +274,7 @@ FAKE_SERVER = textwrap.dedent("""
     import signal, sys, time
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from engine import cli
+    from dagserve.engine import cli
     path = Path(sys.argv[1])
     if sys.argv[2] == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -384,14 +384,14 @@ def test_start_gives_up_after_startup_timeout(isolated, capsys):
 
 def test_default_child_command_runs_this_cli_in_foreground():
     cmd = cli.server_command(["--start", "--models", "a.mar", "b.mar"])
-    assert cmd[:3] == [sys.executable, "-m", "engine.cli"]
+    assert cmd[:3] == [sys.executable, "-m", "dagserve.engine.cli"]
     assert cmd[3:] == ["--models", "a.mar", "b.mar", "--foreground"]
     args = cli.build_parser().parse_args(cmd[3:])
     assert args.foreground and not args.start and args.models == ["a.mar", "b.mar"]
 
 
 def test_module_entry_point(isolated):
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "--stop"], cwd=isolated,
+    out = subprocess.run([sys.executable, "-m", "dagserve.engine.cli", "--stop"], cwd=isolated,
                          env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": tempfile.gettempdir()},
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
@@ -401,17 +401,17 @@ def test_module_entry_point(isolated):
 FOREGROUND_WITH_SLOW_SERVER = textwrap.dedent("""
     import sys, time, types
     sys.path.insert(0, {repo!r})
-    import engine
-    from engine import cli
+    import dagserve.engine
+    from dagserve.engine import cli
 
     def run(cfg):
         print("{started}", flush=True)
         time.sleep(120)
         return 0
 
-    module = types.ModuleType("engine.server")
+    module = types.ModuleType("dagserve.engine.server")
     module.run = run
-    sys.modules["engine.server"] = engine.server = module
+    sys.modules["dagserve.engine.server"] = dagserve.engine.server = module
     sys.exit(cli.main(["--foreground"]))
 """)
 

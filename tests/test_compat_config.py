@@ -107,7 +107,7 @@ def build_deps_mar(store: Path, src: Path) -> None:
     wheel = build_wheel(src)
     (src / "handler.py").write_text(DEPS_HANDLER)
     (src / "requirements.txt").write_text(f"--no-index\n{wheel}\n")
-    subprocess.run([sys.executable, "-m", "archiver.model_cli", "--model-name", "deps",
+    subprocess.run([sys.executable, "-m", "dagserve.archiver.model_cli", "--model-name", "deps",
                     "-v", "1.0", "--handler", str(src / "handler.py"),
                     "-r", str(src / "requirements.txt"), "--export-path", str(store), "-f"],
                    check=True, capture_output=True, text=True, timeout=120)

@@ -576,7 +576,7 @@ def test_stop_stops_a_foreground_server(tmp_path):
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["TMPDIR"] = str(tmp_path / "tmp")  # as start_server gave the server
         script = Path(sys.executable).with_name("dagserve")
-        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "engine.cli"]
+        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "dagserve.engine.cli"]
         out = subprocess.run([*cmd, "--stop"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=TIMEOUT, check=False)
         assert out.returncode == 0, out.stdout + out.stderr

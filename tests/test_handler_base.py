@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.handler import ts_alias
-from engine.handler.service import ServiceConfig, load_service
-from engine.workers.protocol import Param, Request
+from dagserve.engine.handler import ts_alias
+from dagserve.engine.handler.service import ServiceConfig, load_service
+from dagserve.engine.messages import Param, Request
 
 MODEL_PY = """
     import torch
@@ -164,8 +164,8 @@ def test_pickled_whole_model_is_refused(tmp_path):
 
 def test_base_handler_needs_a_model_manifest(tmp_path):
     with pytest.raises(ValueError, match="needs a MAR-INF/MANIFEST.json with a 'model'"):
-        from engine.handler.base_handler import BaseHandler
-        from engine.handler.context import Context
+        from dagserve.engine.handler.base_handler import BaseHandler
+        from dagserve.engine.handler.context import Context
 
         BaseHandler().initialize(Context("m", str(tmp_path), {}, 1, None, "1"))
 

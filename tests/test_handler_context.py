@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from engine.handler.context import Context, RequestProcessor
-from engine.handler.metrics import (Dimension, MetricsCache, MetricsCacheKeyError,
+from dagserve.engine.handler.context import Context, RequestProcessor
+from dagserve.engine.handler.metrics import (Dimension, MetricsCache, MetricsCacheKeyError,
                                     MetricsCacheValueError, MetricTypes, timed)
-from engine.handler.util import (PredictionException, list_classes_from_module,
+from dagserve.engine.handler.util import (PredictionException, list_classes_from_module,
                                  load_label_mapping, map_class_to_label)
-from engine.workers.protocol import Param
+from dagserve.engine.messages import Param
 
 
 def batch_context(n: int = 2) -> Context:
@@ -156,8 +156,8 @@ def test_map_class_to_label():
 
 
 def test_list_classes_from_module():
-    import engine.handler.image_classifier as module
-    from engine.handler.base_handler import BaseHandler
+    import dagserve.engine.handler.image_classifier as module
+    from dagserve.engine.handler.base_handler import BaseHandler
 
     assert [c.__name__ for c in list_classes_from_module(module)] == ["ImageClassifier"]
     assert list_classes_from_module(module, BaseHandler) == [module.ImageClassifier]

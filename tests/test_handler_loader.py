@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.handler import ts_alias
-from engine.handler.context import Context
-from engine.handler.loader import load_handler, split_handler
-from engine.handler.service import ServiceConfig, load_service
-from engine.handler.util import PredictionException
-from engine.workers.protocol import Param, Request
+from dagserve.engine.handler import ts_alias
+from dagserve.engine.handler.context import Context
+from dagserve.engine.handler.loader import load_handler, split_handler
+from dagserve.engine.handler.service import ServiceConfig, load_service
+from dagserve.engine.handler.util import PredictionException
+from dagserve.engine.messages import Param, Request
 
 
 @pytest.fixture(autouse=True)
@@ -213,9 +213,9 @@ def test_torchserve_style_handler_runs_unchanged(tmp_path):
 
 
 def test_ts_modules_are_dagserve_modules():
-    import engine.handler.base_handler as base_handler
-    import engine.handler.context as context
-    import engine.handler.util as util
+    import dagserve.engine.handler.base_handler as base_handler
+    import dagserve.engine.handler.context as context
+    import dagserve.engine.handler.util as util
     import ts.context
     import ts.torch_handler.base_handler
     import ts.utils.util
@@ -226,8 +226,8 @@ def test_ts_modules_are_dagserve_modules():
     assert ts.utils.util.PredictionException is PredictionException is util.PredictionException
     assert issubclass(ImageClassifier, base_handler.BaseHandler)
     # the shared modules keep their own identity
-    assert context.__spec__.name == "engine.handler.context"
-    assert context.__name__ == "engine.handler.context"
+    assert context.__spec__.name == "dagserve.engine.handler.context"
+    assert context.__name__ == "dagserve.engine.handler.context"
 
 
 def test_unknown_ts_module_lists_what_is_provided():
@@ -242,7 +242,7 @@ def test_install_is_idempotent_and_first():
     finders = [f for f in sys.meta_path if isinstance(f, ts_alias.TsAliasFinder)]
     assert len(finders) == 1 and sys.meta_path[0] is finders[0]
     import ts.context
-    assert ts.context is sys.modules["engine.handler.context"]
+    assert ts.context is sys.modules["dagserve.engine.handler.context"]
 
 
 def test_install_drops_foreign_ts_modules(monkeypatch):
@@ -275,11 +275,11 @@ def test_a_bare_folder_named_like_a_builtin_does_not_hide_it(tmp_path, monkeypat
     """A namespace package on sys.path (e.g. examples/image_classifier/) is not a handler."""
     import sys
 
-    from engine.handler import loader
+    from dagserve.engine.handler import loader
 
     (tmp_path / "elsewhere" / "image_classifier").mkdir(parents=True)
     monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
     sys.modules.pop("image_classifier", None)
     module = loader._import_handler_module("image_classifier", tmp_path)
-    assert module.__name__ == "engine.handler.image_classifier"
+    assert module.__name__ == "dagserve.engine.handler.image_classifier"
     sys.modules.pop("image_classifier", None)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.handler import ts_alias
-from engine.handler.service import ServiceConfig, decode_value, encode_output, load_service
-from engine.workers.protocol import Param, Request
+from dagserve.engine.handler import ts_alias
+from dagserve.engine.handler.service import ServiceConfig, decode_value, encode_output, load_service
+from dagserve.engine.messages import Param, Request
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.handler import ts_alias
-from engine.handler.service import ServiceConfig, load_service
-from engine.handler.text_handler import TextHandler
-from engine.workers.protocol import Param, Request
+from dagserve.engine.handler import ts_alias
+from dagserve.engine.handler.service import ServiceConfig, load_service
+from dagserve.engine.handler.text_handler import TextHandler
+from dagserve.engine.messages import Param, Request
 
 VOCAB = {"<unk>": 0, "good": 1, "bad": 2, "movie": 3, "not": 4, "do not": 5}
 

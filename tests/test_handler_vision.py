@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from engine.handler import ts_alias
-from engine.handler.service import ServiceConfig, load_service
-from engine.handler.vision_handler import (IMAGENET_MEAN, IMAGENET_STD, center_crop,
+from dagserve.engine.handler import ts_alias
+from dagserve.engine.handler.service import ServiceConfig, load_service
+from dagserve.engine.handler.vision_handler import (IMAGENET_MEAN, IMAGENET_STD, center_crop,
                                            resize_shorter, standard_transform, to_tensor)
-from engine.workers.protocol import Param, Request
+from dagserve.engine.messages import Param, Request
 
 # Logits from the mean of each colour channel: a red picture is class 0, green 1, blue 2;
 # the fourth class never wins. It checks the input shape it was built for.

@@ -9,12 +9,12 @@ import socket
 import threading
 from pathlib import Path
 
-from engine.scheduler import NodePlan, Plan
-from engine.workers import protocol
-from engine.workers.batch_queue import BatchQueue
-from engine.workers.connection import WorkerConnection
-from engine.workers.process import MAX_HELD, Job, WorkerProcess, WorkerSpec
-from engine.workers.protocol import Request, Response
+from dagserve.engine.scheduler import NodePlan, Plan
+from dagserve.engine.workers import protocol
+from dagserve.engine.workers.batch_queue import BatchQueue
+from dagserve.engine.workers.connection import WorkerConnection
+from dagserve.engine.workers.process import MAX_HELD, Job, WorkerProcess, WorkerSpec
+from dagserve.engine.messages import Request, Response
 
 
 def _frames(n: int, rng: random.Random) -> list[tuple[dict, bytes]]:

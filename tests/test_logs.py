@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import logs as logs_mod
-from engine.config import Config
-from engine.errors import ConfigError
-from engine.logs import AccessLog, ModelLog, setup_logging
+from dagserve.engine import logs as logs_mod
+from dagserve.engine.config import Config
+from dagserve.engine.errors import ConfigError
+from dagserve.engine.logs import AccessLog, ModelLog, setup_logging
 
 
 @pytest.fixture

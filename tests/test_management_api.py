@@ -343,7 +343,7 @@ def test_list_models_sorted_and_paginated(api):
 # -- workflow node models ----------------------------------------------------------------------
 
 def test_workflow_node_models_cannot_be_scaled_or_deleted_alone(api, srv, store):
-    pytest.importorskip("engine.workflow_manager")
+    pytest.importorskip("dagserve.engine.workflow_manager")
     spec = ("models:\n  min-workers: 1\n  max-workers: 1\n"
             "  first:\n    url: echo.mar\n  second:\n    url: echo.mar\n"
             "dag:\n  first: [second]\n")

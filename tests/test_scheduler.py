@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from engine.registry import ModelStats
-from engine.scheduler import NodeFailed, NodePlan, Plan, run_plan
-from engine.workers.protocol import Param, Request, Response
+from dagserve.engine.registry import ModelStats
+from dagserve.engine.scheduler import NodeFailed, NodePlan, Plan, run_plan
+from dagserve.engine.messages import Param, Request, Response
 
 
 class FakePool:

@@ -8,8 +8,8 @@ import json
 import pytest
 import requests
 
-from engine.properties import format_properties, parse_properties
-from engine.snapshot import FILE_NAME
+from dagserve.engine.properties import format_properties, parse_properties
+from dagserve.engine.snapshot import FILE_NAME
 from server_utils import ECHO_HANDLER, build_mar, build_war, start_server
 
 TIMEOUT = 60
@@ -65,7 +65,7 @@ def store(tmp_path_factory):
 
 def has_workflows() -> bool:
     try:
-        import engine.workflow_manager  # noqa: F401
+        import dagserve.engine.workflow_manager  # noqa: F401
     except ImportError:
         return False
     return True

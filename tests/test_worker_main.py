@@ -1,4 +1,4 @@
-"""The worker process end to end: spawned as ``python -m engine.workers.main`` against a
+"""The worker process end to end: spawned as ``python -m dagserve.engine.workers.main`` against a
 Unix socket this test listens on, the way the frontend does."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.workers import protocol
-from engine.workers.protocol import Param, Request
+from dagserve.engine.workers import protocol
+from dagserve.engine.messages import Param, Request
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def start_worker(model_dir: Path, sock_dir: Path, handler: str, **extra):
                 "handler": handler, "gpu_id": None, "batch_size": 3, "threads": 1,
                 "decode_input": True, "server_version": "test", "config_file": None,
                 "envelope": None, **extra}
-    proc = subprocess.Popen([sys.executable, "-m", "engine.workers.main",
+    proc = subprocess.Popen([sys.executable, "-m", "dagserve.engine.workers.main",
                              "--settings", json.dumps(settings)],
                             cwd=model_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -154,7 +154,7 @@ def test_worker_reports_unknown_handler(tmp_path, sock_dir):
 
 
 def test_bad_settings_exit_with_usage_error():
-    result = subprocess.run([sys.executable, "-m", "engine.workers.main", "--settings", "{}"],
+    result = subprocess.run([sys.executable, "-m", "dagserve.engine.workers.main", "--settings", "{}"],
                             capture_output=True, cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert b"needs a non-empty string 'socket'" in result.stderr

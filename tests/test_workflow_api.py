@@ -28,7 +28,7 @@ def build_war(store: Path, name: str, spec: str, *, handler: Path = FIXTURES / "
     src = store.parent / f"src-{name}"
     src.mkdir(parents=True, exist_ok=True)
     (src / "spec.yaml").write_text(textwrap.dedent(spec))
-    cmd = [sys.executable, "-m", "archiver.workflow_cli", "--workflow-name", name,
+    cmd = [sys.executable, "-m", "dagserve.archiver.workflow_cli", "--workflow-name", name,
            "--spec-file", str(src / "spec.yaml"), "--handler", str(handler),
            "--export-path", str(store), "-f"]
     if extra:

@@ -9,7 +9,7 @@ import jsonschema
 import networkx as nx
 import pytest
 
-from workflows import (CompiledWorkflow, ModelSpec, NodeSettings, SpecError, load_spec,
+from dagserve.workflows import (CompiledWorkflow, ModelSpec, NodeSettings, SpecError, load_spec,
                        load_spec_file, validate_spec_file)
 
 

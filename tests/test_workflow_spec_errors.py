@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows import Problem, SpecError, load_spec, load_spec_file, validate_spec_file
+from dagserve.workflows import Problem, SpecError, load_spec, load_spec_file, validate_spec_file
 
 
 def spec(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Function nodes against a workflow handler file (workflows.functions)."""
+"""Function nodes against a workflow handler file (dagserve.workflows.functions)."""
 from __future__ import annotations
 
 import textwrap
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows import SpecError, check_functions, list_module_functions, load_spec
+from dagserve.workflows import SpecError, check_functions, list_module_functions, load_spec
 
 HANDLER = textwrap.dedent('''
     import json

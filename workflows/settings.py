@@ -18,7 +18,7 @@ from .yaml_marks import LocatedDocument, Path
 MIN, MAX = "min-workers", "max-workers"
 
 if list(SPEC_KEYS) != list(setting_schemas()):  # pragma: no cover - a packaging mistake
-    raise ImportError("workflows/schema.json and workflows.compiled.SPEC_KEYS disagree")
+    raise ImportError("workflows/schema.json and dagserve.workflows.compiled.SPEC_KEYS disagree")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequestError
-from ..workers.protocol import Param
+from ..messages import Param
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 

@@ -24,7 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..errors import InternalServerError, MethodNotAllowedError, ResourceNotFoundError
 from ..registry import Registry
-from ..workers.protocol import Request, Response
+from ..messages import Request, Response
 from .http_input import read_params
 from .openapi import inference_openapi
 from .responses import handler_response, json_response

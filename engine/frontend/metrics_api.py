@@ -46,7 +46,7 @@ def render(families: Iterable[Metric], names: set[str] | None = None) -> bytes:
 
 
 def build_metrics_app(collector, middlewares: list) -> web.Application:
-    """``collector``: a ``engine.metrics.MetricsCollector`` (its ``prometheus`` registry is
+    """``collector``: a ``dagserve.engine.metrics.MetricsCollector`` (its ``prometheus`` registry is
     what is scraped)."""
 
     async def metrics(request: web.Request) -> web.Response:

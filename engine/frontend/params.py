@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
-from archiver.pack import NAME_PATTERN
+from dagserve.archiver.pack import NAME_PATTERN
 
 from ..errors import BadRequestError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import error_body
-from ..workers.protocol import Response
+from ..messages import Response
 
 _ERROR_TYPES = {400: "BadRequestException", 404: "ModelNotFoundException",
                 500: "InternalServerException", 503: "ServiceUnavailableException",

@@ -3,7 +3,7 @@ handlers and ``PredictionException``, plus the ``ts.*`` alias (:mod:`.ts_alias`)
 TorchServe handlers run unchanged.
 
 Meant for worker processes. The names below load lazily, so importing this package (or
-``engine.handler.service`` for a function handler) does not import torch.
+``dagserve.engine.handler.service`` for a function handler) does not import torch.
 """
 
 from __future__ import annotations

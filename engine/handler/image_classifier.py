@@ -1,6 +1,6 @@
 """Built-in ``image_classifier`` handler (also ``ts.torch_handler.image_classifier``).
 
-Each request is one image (bytes, or base64 text; see :mod:`engine.handler.vision_handler`):
+Each request is one image (bytes, or base64 text; see :mod:`dagserve.engine.handler.vision_handler`):
 RGB -> resize the shorter side to ``resize_size`` (256) -> center crop ``image_size`` (224)
 -> tensor -> normalize with ``mean``/``std`` (ImageNet). The model's logits go through a
 softmax; each request gets one JSON object ``{label: probability}`` of the ``topk`` (5, or

@@ -20,7 +20,7 @@ from .util import import_from_dir, list_classes_from_module
 
 __all__ = ["BUILTIN_HANDLERS", "EntryPoint", "load_handler", "split_handler"]
 
-#: Handler names that resolve to ``engine.handler.<name>`` when the model brings no such file.
+#: Handler names that resolve to ``dagserve.engine.handler.<name>`` when the model brings no such file.
 BUILTIN_HANDLERS = ("base_handler", "image_classifier", "image_segmenter", "object_detector",
                     "text_classifier")
 

@@ -5,7 +5,7 @@ and resize themselves); the images of one batch must have the same size. The mod
 one ``{"boxes": N x 4, "labels": N, "scores": N}`` dict per image (torchvision's detection
 models). Each request gets a list with one ``{label: [x1, y1, x2, y2], "score": s}`` per
 detection scoring at least ``threshold`` (0.5; settable like the image sizes, see
-:mod:`engine.handler.vision_handler`). Labels come from ``index_to_name.json``, else the
+:mod:`dagserve.engine.handler.vision_handler`). Labels come from ``index_to_name.json``, else the
 class index as a string.
 """
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..workers.protocol import Request, Response
+from ..messages import Request, Response
 from .context import Context, RequestProcessor
 from .loader import EntryPoint, load_handler
 from .metrics import MetricsCache

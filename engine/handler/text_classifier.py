@@ -3,7 +3,7 @@
 Each request is one text (a str, or UTF-8 bytes). It is cleaned the way TorchServe's text
 classifier does it (HTML tags removed, lower case, contractions expanded, accents and
 punctuation removed), split on whitespace, and turned into token ids with the vocabulary
-(see :mod:`engine.handler.text_handler`), followed by the ids of the word n-grams up to
+(see :mod:`dagserve.engine.handler.text_handler`), followed by the ids of the word n-grams up to
 ``ngrams`` (2: each pair ``"w1 w2"``; an n-gram missing from the vocabulary gets the
 unknown id).
 

@@ -21,7 +21,7 @@ from typing import Sequence
 __all__ = ["ALIASES", "PACKAGES", "TS_VERSION", "install", "uninstall"]
 
 TS_VERSION = "0.12.0"
-_BASE = __package__  # "engine.handler"
+_BASE = __package__  # "dagserve.engine.handler"
 
 ALIASES: dict[str, str] = {
     "ts.context": f"{_BASE}.context",

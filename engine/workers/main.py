@@ -1,4 +1,4 @@
-"""The worker process: ``python -m engine.workers.main --settings '<json>'``.
+"""The worker process: ``python -m dagserve.engine.workers.main --settings '<json>'``.
 
 It connects to the frontend's Unix socket, loads the model's handler and says ``ready``
 (or ``load_failed`` with a one-line reason, then exits 1), then serves ``predict`` frames
@@ -35,7 +35,7 @@ from . import protocol
 
 
 def _parse_settings(argv: list[str] | None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m engine.workers.main",
+    parser = argparse.ArgumentParser(prog="python -m dagserve.engine.workers.main",
                                      description="dagserve worker process")
     parser.add_argument("--settings", required=True, help="the worker settings as JSON")
     args = parser.parse_args(argv)

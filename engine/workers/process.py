@@ -126,7 +126,7 @@ class WorkerProcess:
         }
         out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.workers.main", "--settings", json.dumps(settings),
+            sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings", json.dumps(settings),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
             cwd=str(self.spec.model_dir), start_new_session=True)
         self.pid = self._proc.pid

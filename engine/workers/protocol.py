@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from dataclasses import dataclass, field
+
+from ..messages import Param, Request, Response
 
 HEADER = struct.Struct("!II")
 MAX_FRAME = 1 << 31  # a frame larger than this is a protocol error
@@ -36,36 +37,6 @@ decode_meta = json.JSONDecoder().decode  # str -> dict; meta is ASCII JSON
 
 class ProtocolError(Exception):
     """The peer sent something that is not a frame."""
-
-
-@dataclass(slots=True)
-class Param:
-    """One input of a request: ``body`` for a raw body, else a form field name."""
-
-    name: str
-    content_type: str | None
-    value: bytes
-
-
-@dataclass(slots=True)
-class Request:
-    """One inference request as a worker sees it."""
-
-    id: str
-    params: list[Param]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Response:
-    """One handler output: ``code`` 200 with ``value``, or an error ``code`` and ``message``."""
-
-    id: str
-    code: int = 200
-    value: bytes = b""
-    content_type: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    message: str = ""
 
 
 def pack(meta: dict, body: bytes | bytearray | memoryview = b"") -> bytes:
