@@ -53,6 +53,9 @@ class Config:
     plugins_path: Path | None = None
     log_config: Path | None = None
     config_file: Path | None = None
+    trace_ring_size: int = 200  # traces kept in memory (tracing.py)
+    otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; None: no export
+    otel_service_name: str = "dagserve"
 
     @property
     def key_file(self) -> Path:
@@ -66,9 +69,10 @@ _BOOL_KEYS = {"enable_model_api", "disable_token_authorization", "decode_input_r
               "install_py_dep_per_model", "enable_envvars_config"}
 _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_timeout",
              "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
-             "max_batch_delay", "number_of_gpu"}
+             "max_batch_delay", "number_of_gpu", "trace_ring_size"}
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
-             "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers"}
+             "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
+             "otel_exporter_otlp_endpoint", "otel_service_name"}
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path"}
 _LIST_KEYS = {"load_models", "load_workflows"}
 
@@ -149,6 +153,10 @@ def load_config(*, config_file: Path | None = None, environ: Mapping[str, str] |
     cfg = replace(cfg, **given)
     if cfg.workflow_store is None and cfg.model_store is not None:
         cfg = replace(cfg, workflow_store=cfg.model_store)
+    if not cfg.otel_exporter_otlp_endpoint and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        cfg = replace(cfg, otel_exporter_otlp_endpoint=environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    if cfg.trace_ring_size < 0:
+        raise ConfigError(f"trace_ring_size must be 0 or more, got {cfg.trace_ring_size}")
     return cfg
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConflictError, ModelNotFoundError, WorkflowNotFoundError
+from .histogram import Histogram, WorkflowStats
 from .workers.batch_queue import BatchQueue
 from .workers.pool import WorkerPool
 
@@ -23,17 +24,24 @@ class ModelStats:
     status_2xx: int = 0
     status_4xx: int = 0
     status_5xx: int = 0
+    timeouts: int = 0  # of status_5xx: 504 (a node's or the worker's time limit)
+    retried: int = 0  # attempts after the first (workflow nodes)
+    skipped: int = 0  # workflow node calls that did not run (a condition said no)
+    latency: Histogram = field(default_factory=Histogram)
     handler_metrics: dict[tuple, list] = field(default_factory=dict)
 
     def count(self, status: int, latency_s: float) -> None:
         self.requests += 1
         self.latency_us += latency_s * 1e6
+        self.latency.observe(latency_s)
         if status < 300:
             self.status_2xx += 1
         elif status < 500:
             self.status_4xx += 1
         else:
             self.status_5xx += 1
+            if status == 504:
+                self.timeouts += 1
 
 
 @dataclass
@@ -68,6 +76,7 @@ class WorkflowEntry:
     workflow_dir: Path
     node_models: dict[str, ModelVersion]  # dag node name -> its model (function nodes too)
     spec_settings: dict[str, Any] = field(default_factory=dict)
+    stats: WorkflowStats = field(default_factory=WorkflowStats)
 
 
 class Registry:

@@ -26,6 +26,7 @@ from .metrics import MetricsCollector
 from .models import ModelManager, ModelOptions
 from .registry import Registry
 from .snapshot import SnapshotManager
+from .tracing import tracer_for
 from .workflow_manager import WorkflowManager
 from .workers.pool import DeviceAllocator, visible_gpu_count
 
@@ -68,6 +69,7 @@ class Server:
         self.workflows = None
         self.metrics = None
         self.snapshots = None
+        self.tracer = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -84,6 +86,7 @@ class Server:
         self.models.on_metrics = self.metrics.record_handler_metrics
         self.logs.start()
         self.metrics.start_server_log()
+        self.tracer = tracer_for(cfg)
         # every response counts in Requests2XX/4XX/5XX and goes to the access log
         common = make_common_middleware(self.metrics.counting(self.logs.access),
                                         cors_headers(cfg))
@@ -91,7 +94,7 @@ class Server:
         inference = build_inference_server(
             self.registry, middlewares=[common, *auth.get("inference", [])],
             max_request_size=cfg.max_request_size, run_workflow=self.workflows.run,
-            max_response_size=cfg.max_response_size, access_log=None)
+            max_response_size=cfg.max_response_size, tracer=self.tracer, access_log=None)
         management = build_management_app(self, middlewares=[common,
                                                              *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
@@ -115,10 +118,12 @@ class Server:
         if self.cfg.disable_token_authorization:
             return {}
         from .auth import KeyStore, make_auth_middleware
+        from .frontend.observe_routes import dashboard_exempt
 
         self.keys = KeyStore.load_or_create(self.cfg.key_file)
-        return {kind: [make_auth_middleware(self.keys, kind)]
-                for kind in ("inference", "management")}
+        return {"inference": [make_auth_middleware(self.keys, "inference")],
+                "management": [make_auth_middleware(
+                    self.keys, "management", {("OPTIONS", "/"), *dashboard_exempt()})]}
 
     def _changed(self) -> None:
         if self.snapshots is not None:
@@ -151,6 +156,8 @@ class Server:
             await self.models.close_all()
         if self.metrics is not None:
             self.metrics.stop_server_log()
+        if self.tracer is not None:
+            self.tracer.close()
         if self.logs is not None:
             self.logs.close()
         if self.work_dir is not None:

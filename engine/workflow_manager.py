@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from dagserve.archiver import ArchiveError, read_workflow_manifest
 from dagserve.workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
                        load_spec)
 
+from . import tracing
 from .config import Config, startup_entries
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
                      WorkflowNotFoundError)
 from .models import ModelManager, ModelOptions
+from .histogram import WorkflowStats
 from .registry import ModelVersion, Registry, WorkflowEntry
 from .scheduler import NodeFailed, Plan, run_plan
 from .messages import Request, Response
@@ -31,6 +34,7 @@ class RunnableWorkflow:
 
     plan: Plan
     targets: dict[str, ModelVersion]
+    stats: WorkflowStats
 
 
 def node_model_name(workflow: str, node: str) -> str:
@@ -46,16 +50,34 @@ class WorkflowManager:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def run(self, name: str, request: Request) -> Response:
+    async def run(self, name: str, request: Request,
+                  trace: tracing.Trace | None = None) -> Response:
+        """Run one request; with ``trace``, every node attempt is recorded in it. An error
+        raised for a failed node names it in its ``node`` attribute."""
         runnable = self._runnable.get(name)
         if runnable is None:
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
+        token = None
+        if trace is not None:
+            trace.expect((n, runnable.targets.get(n)) for n in runnable.plan.nodes)
+            token = tracing.current.set(trace)
+        started = time.perf_counter()
+        status = 500
         try:
-            return await run_plan(runnable.plan, runnable.targets, request)
+            resp = await run_plan(runnable.plan, runnable.targets, request)
+            status = resp.code
+            return resp
         except NodeFailed as exc:
-            if exc.status < 500:  # the node refused its input: keep its status and say so
-                raise PredictionError(str(exc), exc.status) from None
-            raise InternalServerError(str(exc), exc.status) from None
+            # a node that refused its input keeps its status and says so
+            error: DagserveError = PredictionError(str(exc), exc.status) if exc.status < 500 \
+                else InternalServerError(str(exc), exc.status)
+            status = error.status
+            error.node = exc.node  # type: ignore[attr-defined]
+            raise error from None
+        finally:
+            runnable.stats.count(status, time.perf_counter() - started)
+            if token is not None:
+                tracing.current.reset(token)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -86,7 +108,7 @@ class WorkflowManager:
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
                               node_models=nodes)
         self.registry.add_workflow(entry)
-        self._runnable[name] = RunnableWorkflow(Plan.from_compiled(compiled), nodes)
+        self._runnable[name] = RunnableWorkflow(Plan.from_compiled(compiled), nodes, entry.stats)
         self.models.on_change()
         return entry
 

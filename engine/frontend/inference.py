@@ -22,12 +22,15 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import InternalServerError, MethodNotAllowedError, ResourceNotFoundError
+from ..errors import (DagserveError, InternalServerError, MethodNotAllowedError,
+                      ResourceNotFoundError)
 from ..registry import Registry
 from ..messages import Request, Response
+from ..tracing import Tracer
 from .http_input import read_params
 from .openapi import inference_openapi
 from .responses import handler_response, json_response
+from .traced import failed_reply, traced_predict, traced_workflow
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
@@ -41,10 +44,11 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 class InferenceRoutes:
     def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
-                 max_response_size: int | None = None):
+                 max_response_size: int | None = None, tracer: Tracer | None = None):
         self.registry = registry
         self.run_workflow = run_workflow
         self.max_response_size = max_response_size
+        self.tracer = tracer if tracer is not None else Tracer()
 
     def _reply(self, resp: Response) -> web.Response:
         limit = self.max_response_size
@@ -67,11 +71,17 @@ class InferenceRoutes:
         if explain:
             headers["explain"] = "True"
         req = Request(request["request_id"], await read_params(request), headers)
+        tracer = self.tracer
+        if tracer.wanted(request.headers, request.query_string):
+            return await traced_predict(tracer, mv, req, self._reply)
         status = 500
         try:
             resp = await mv.queue.submit(req)
             status = resp.code
             return self._reply(resp)
+        except DagserveError as exc:
+            status = exc.status
+            return failed_reply(tracer, "model", mv.name, req.id, start, exc)
         except BaseException as exc:
             status = getattr(exc, "status", 500)
             raise
@@ -83,7 +93,14 @@ class InferenceRoutes:
         if self.run_workflow is None:
             raise ResourceNotFoundError()
         req = Request(request["request_id"], await read_params(request), dict(request.headers))
-        return self._reply(await self.run_workflow(workflow, req))
+        tracer = self.tracer
+        if tracer.wanted(request.headers, request.query_string):
+            return await traced_workflow(tracer, workflow, req, self.run_workflow, self._reply)
+        start = time.perf_counter()
+        try:
+            return self._reply(await self.run_workflow(workflow, req))
+        except DagserveError as exc:
+            return failed_reply(tracer, "workflow", workflow, req.id, start, exc)
 
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
@@ -167,9 +184,10 @@ class InferenceServer(web.Server):
 def build_inference_server(registry: Registry, *, middlewares: list, max_request_size: int,
                            run_workflow: WorkflowRunner | None = None,
                            max_response_size: int | None = None,
+                           tracer: Tracer | None = None,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
-    router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size))
+    router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size, tracer))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

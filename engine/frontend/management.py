@@ -37,6 +37,7 @@ from .params import (
     request_params,
     status_message,
 )
+from .observe_routes import add_observe_routes
 from .workflow_routes import add_workflow_routes
 
 log = logging.getLogger("dagserve.management")
@@ -312,6 +313,7 @@ def build_management_app(server, middlewares: list) -> web.Application:
     r.add_route("OPTIONS", "/", routes.options)
     r.add_get("/models", routes.list)
     r.add_post("/models", routes.register)
+    add_observe_routes(r, server)
     r.add_get("/models/{model_name}", routes.describe)
     r.add_put("/models/{model_name}", routes.scale)
     r.add_delete("/models/{model_name}", routes.unregister)

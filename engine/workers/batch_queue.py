@@ -24,6 +24,7 @@ import time
 from collections import deque
 
 from ..errors import ServiceUnavailableError
+from ..histogram import BATCH_BUCKETS, Histogram
 from . import protocol
 from .process import Job, WorkerProcess
 
@@ -39,13 +40,17 @@ class BatchQueue:
         self._pump_scheduled = False
         self.queue_latency_s = 0.0  # summed over dispatched jobs, for metrics
         self.dispatched = 0
+        self.queue_wait = Histogram()  # seconds, per dispatched job
+        self.batch_sizes = Histogram(BATCH_BUCKETS)  # per dispatched batch
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def submit(self, request: protocol.Request) -> asyncio.Future:
-        """Queue one request; the future resolves to its ``protocol.Response``."""
+    def submit(self, request: protocol.Request, probe=None) -> asyncio.Future:
+        """Queue one request; the future resolves to its ``protocol.Response``. ``probe``
+        (a ``tracing.Attempt`` of a traced request) is told its queue wait, batch size,
+        worker and handler time."""
         if len(self._pending) >= self.capacity:
             raise ServiceUnavailableError(
                 f"Job queue of model \"{self.model_name}\" is full ({self.capacity} requests); "
@@ -53,7 +58,7 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         pending = self._pending
-        pending.append(Job(request, future, time.perf_counter()))
+        pending.append(Job(request, future, time.perf_counter(), probe))
         if (self._idle or (self._room and len(pending) >= self.batch_size)) \
                 and not self._pump_scheduled:
             self._pump_scheduled = True
@@ -107,17 +112,27 @@ class BatchQueue:
         pending, idle, room = self._pending, self._idle, self._room
         now = time.perf_counter()
         size = self.batch_size
+        observe_wait = self.queue_wait.observe
         while pending and (idle or (room and len(pending) >= size)):
             batch: list[Job] = []
+            traced = False
             while pending and len(batch) < size:
                 job = pending.popleft()
                 if not job.future.done():  # cancelled or timed out while queued
                     batch.append(job)
-                    self.queue_latency_s += now - job.enqueued
+                    wait = now - job.enqueued
+                    self.queue_latency_s += wait
+                    observe_wait(wait)
+                    traced = traced or job.probe is not None
             if not batch:
                 return
             self.dispatched += len(batch)
+            self.batch_sizes.observe(len(batch))
             worker = idle.pop() if idle else room.pop()
+            if traced:
+                for job in batch:
+                    if job.probe is not None:
+                        job.probe.dispatched(now - job.enqueued, len(batch), worker.id)
             worker.dispatch(batch)
             if worker.alive and worker.can_take_batch():
                 room.append(worker)

@@ -29,6 +29,7 @@ import socket
 import sys
 import traceback
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from . import protocol
@@ -109,8 +110,9 @@ def serve(sock: socket.socket, service: Any) -> None:
         op = meta.get("op")
         if op != "predict":
             raise protocol.ProtocolError(f"unexpected frame op {op!r} (expected 'predict')")
+        started = perf_counter()
         responses, metrics = predict(decode_predict(meta, body))
-        sendall(encode_result(responses, metrics))
+        sendall(encode_result(responses, metrics, perf_counter() - started))
 
 
 def _settle_heap() -> None:

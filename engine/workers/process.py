@@ -62,6 +62,7 @@ class Job:
     request: protocol.Request
     future: asyncio.Future
     enqueued: float
+    probe: object = None  # a tracing.Attempt when the request is traced
 
 
 class WorkerStartError(Exception):
@@ -258,6 +259,8 @@ class WorkerProcess:
             self._inflight = []
         responses = protocol.decode_result(meta, body)
         for job, resp in zip(jobs, responses):
+            if job.probe is not None:
+                job.probe.handled(meta.get("t"))
             if not job.future.done():
                 job.future.set_result(resp)
         for job in jobs[len(responses):]:

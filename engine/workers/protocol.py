@@ -11,8 +11,9 @@ Operations (the ``op`` key of ``meta``):
 ``load_failed`` worker -> frontend when it did not: ``{"op", "message"}`` (then it exits)
 ``predict``     frontend -> worker: ``{"op", "reqs": [Request.meta ...]}``; body = every
                 request's parameter bytes, in order
-``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...]}``;
-                body = every response's bytes, in order
+``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...],
+                "t": seconds the handler took for the batch}``; body = every response's
+                bytes, in order
 
 Both sides pay for a frame on every batch, so encoding is kept cheap: one shared compact
 JSON encoder (``json.dumps`` with options builds a new encoder per call), one ``join`` that
@@ -78,7 +79,8 @@ def decode_predict(meta: dict, body: bytes | bytearray | memoryview) -> list[Req
     return out
 
 
-def encode_result(responses: list[Response], metrics: list[dict] | None = None) -> bytes:
+def encode_result(responses: list[Response], metrics: list[dict] | None = None,
+                  handler_s: float | None = None) -> bytes:
     resps = []
     chunks: list[bytes] = []
     size = 0
@@ -95,6 +97,8 @@ def encode_result(responses: list[Response], metrics: list[dict] | None = None) 
         chunks.append(value)
         size += len(value)
     meta: dict = {"op": "result", "resps": resps}
+    if handler_s is not None:
+        meta["t"] = round(handler_s, 6)
     if metrics:
         meta["metrics"] = metrics
     return _pack_parts(meta, chunks, size)

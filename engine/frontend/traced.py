@@ -1,0 +1,80 @@
+"""The inference port's traced path, and the trace of a request that failed untraced.
+
+``InferenceRoutes`` comes here only when a request asked to be traced (or every request is
+exported to OpenTelemetry), so the common path stays as it was. Every answer of a traced or
+failed request carries ``X-Dagserve-Trace-Id``; the trace is then served by the management
+port.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from ..errors import DagserveError
+from ..messages import Request, Response
+from ..tracing import TRACE_ID_HEADER, Tracer
+from .responses import error_response
+
+Reply = Callable[[Response], web.Response]
+
+
+def error_reply(exc: DagserveError, trace_id: str) -> web.Response:
+    resp = error_response(exc.status, exc.type_name or type(exc).__name__, exc.message)
+    resp.headers[TRACE_ID_HEADER] = trace_id
+    return resp
+
+
+def failed_reply(tracer: Tracer, kind: str, target: str, request_id: str, started: float,
+                 exc: DagserveError) -> web.Response:
+    """An untraced request failed: keep a trace of what is known, answer with its id."""
+    trace = tracer.failed(kind, target, request_id, started, exc.status, exc.message,
+                          getattr(exc, "node", None))
+    return error_reply(exc, trace.id)
+
+
+async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply) -> web.Response:
+    """``/predictions`` of one model version as a trace with one node (the model)."""
+    trace = tracer.begin("model", mv.name, req)
+    probe = trace.attempt(mv.name, mv, 1, req.params)
+    status, error = 500, ""
+    try:
+        resp = await mv.queue.submit(req, probe)
+        status = resp.code
+        outcome = "ok" if status < 400 else ("timeout" if status == 504 else "error")
+        error = "" if status < 400 else (resp.message or f"status {status}")
+        probe.finish(outcome, status, error, len(resp.value))
+        answer = reply(resp)
+    except DagserveError as exc:
+        status, error = exc.status, exc.message
+        if probe.ended is None:
+            probe.finish("timeout" if status == 504 else "rejected", status, error)
+        answer = error_reply(exc, trace.id)
+    except BaseException:
+        probe.finish("cancelled", 499, "the request ended first")
+        raise
+    finally:
+        mv.stats.count(status, probe.ended - probe.started if probe.ended else 0.0)
+        tracer.end(trace, status, error, mv.name if status >= 400 else None)
+    answer.headers[TRACE_ID_HEADER] = trace.id
+    return answer
+
+
+async def traced_workflow(tracer: Tracer, name: str, req: Request,
+                          run: Callable[..., Awaitable[Response]],
+                          reply: Reply) -> web.Response:
+    """``/wfpredict``: the scheduler records each node attempt in the trace."""
+    trace = tracer.begin("workflow", name, req)
+    status, error, node = 500, "request cancelled", None
+    try:
+        resp = await run(name, req, trace)
+        status, error = resp.code, ""
+        answer = reply(resp)
+    except DagserveError as exc:
+        status, error, node = exc.status, exc.message, getattr(exc, "node", None)
+        answer = error_reply(exc, trace.id)
+    finally:
+        tracer.end(trace, status, error, node)
+    answer.headers[TRACE_ID_HEADER] = trace.id
+    return answer

@@ -1,0 +1,228 @@
+"""Traces, metrics, DAG pictures and the dashboard's data against the real server: traced
+and untraced requests through /wfpredict and /predictions, retries, failures, timeouts, the
+bounded ring, the Prometheus families, GET /workflows/{w}/graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from model_builders import handler_archive
+from server_utils import build_war, start_server
+
+WF_HANDLER = (Path(__file__).parent / "fixtures" / "workflows" / "wf_handler.py").read_text()
+TRACE = {"X-Dagserve-Trace": "1", "Content-Type": "text/plain"}
+TEXT = {"Content-Type": "text/plain"}
+RING = 12
+
+SPECS = {
+    "chain": "models:\n  echo:\n    url: echo.mar\ndag:\n  pre: [echo]\n  echo: [post]\n",
+    "retry": "models:\n  retry-attempts: 2\ndag:\n  pre: [flaky]\n",
+    "failing": "models:\n  retry-attempts: 0\ndag:\n  pre: [always_fail]\n",
+    "timeout": "models:\n  timeout-ms: 300\n  retry-attempts: 0\ndag:\n  pre: [slow]\n",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    work = tmp_path_factory.mktemp("observe")
+    models, wars = work / "model_store", work / "wf_store"
+    models.mkdir()
+    handler_archive("echo", "echo_handler.py", models)
+    for name, spec in SPECS.items():
+        build_war(wars, name, spec, WF_HANDLER, handler_file="wf_handler.py")
+    with start_server(work, model_store=models, config={"trace_ring_size": RING},
+                      args=["--workflow-store", str(wars), "--disable-token-auth", "--ncs",
+                            "--models", "echo=echo.mar", "--workflows", "all"],
+                      env={"WF_SLOW_S": "1.5"}, timeout=120) as srv:
+        yield srv
+
+
+def wfpredict(server, name, headers=TEXT, data=b"hello", query=""):
+    return requests.post(f"{server.inference_url}/wfpredict/{name}{query}", data=data,
+                         headers=headers, timeout=60)
+
+
+def trace_of(server, kind, name, trace_id):
+    return requests.get(f"{server.management_url}/{kind}/{name}/traces/{trace_id}", timeout=10)
+
+
+def test_traced_chain_records_every_node(server):
+    r = wfpredict(server, "chain", TRACE)
+    assert r.status_code == 200 and r.text == "post(pre(hello))"
+    trace_id = r.headers["X-Dagserve-Trace-Id"]
+    assert trace_id == r.headers["x-request-id"]
+    t = trace_of(server, "workflows", "chain", trace_id).json()
+    assert t["status"] == 200 and t["kind"] == "workflow" and t["target"] == "chain"
+    assert [n["node"] for n in t["nodes"]] == ["pre", "echo", "post"]
+    outputs = {"pre": b"pre(hello)", "echo": b"pre(hello)", "post": b"post(pre(hello))"}
+    inputs = {"pre": b"hello", "echo": outputs["pre"], "post": outputs["echo"]}
+    for node in t["nodes"]:
+        assert node["status"] == "ran", node
+        assert node["model"] == f"chain__{node['node']}"
+        [attempt] = node["attempts"]
+        assert attempt["outcome"] == "ok" and attempt["code"] == 200
+        assert attempt["batchSize"] == 1
+        assert attempt["workerId"].isdigit()
+        assert attempt["queueWaitMs"] >= 0 and attempt["workerMs"] > 0
+        assert attempt["durationMs"] >= attempt["workerMs"]
+        assert attempt["bytesIn"] == len(inputs[node["node"]])
+        assert attempt["bytesOut"] == len(outputs[node["node"]])
+    starts = [n["startMs"] for n in t["nodes"]]
+    assert starts == sorted(starts)
+    assert t["totalMs"] >= t["nodes"][-1]["endMs"]
+
+
+def test_untraced_request_has_no_trace(server):
+    r = wfpredict(server, "chain")
+    assert r.status_code == 200
+    assert "X-Dagserve-Trace-Id" not in r.headers
+    assert trace_of(server, "workflows", "chain", r.headers["x-request-id"]).status_code == 404
+
+
+def test_query_parameter_traces_a_model_prediction(server):
+    r = requests.post(f"{server.inference_url}/predictions/echo?trace=true", data=b"abc",
+                      headers=TEXT, timeout=30)
+    assert r.status_code == 200 and r.content == b"abc"
+    t = trace_of(server, "models", "echo", r.headers["X-Dagserve-Trace-Id"]).json()
+    [node] = t["nodes"]
+    assert node["node"] == "echo" and node["status"] == "ran" and node["version"] == "1.0"
+    # a query parameter is an input too, as in TorchServe: b"abc" and "true"
+    assert node["attempts"][0]["bytesIn"] == 3 + 4 and node["attempts"][0]["bytesOut"] == 3
+    listed = requests.get(f"{server.management_url}/models/echo/traces", timeout=10).json()
+    assert listed["traces"][0]["traceId"] == t["traceId"]
+    # the same id is not a trace of another model or of a workflow
+    assert trace_of(server, "workflows", "chain", t["traceId"]).status_code == 404
+
+
+def test_retry_shows_each_attempt_and_counts_in_metrics(server):
+    r = wfpredict(server, "retry", TRACE)
+    assert r.status_code == 200, r.text
+    t = trace_of(server, "workflows", "retry", r.headers["X-Dagserve-Trace-Id"]).json()
+    flaky = next(n for n in t["nodes"] if n["node"] == "flaky")
+    assert [a["outcome"] for a in flaky["attempts"]] == ["error", "ok"]
+    assert flaky["attempts"][0]["code"] >= 500 and flaky["attempts"][0]["message"]
+    assert [a["attempt"] for a in flaky["attempts"]] == [1, 2]
+    families = scrape(server)
+    retried = sample(families, "dagserve_calls_total", workflow="retry", node="flaky",
+                     outcome="retried")
+    assert retried >= 1
+
+
+def test_failed_request_is_traced_without_asking(server):
+    r = wfpredict(server, "failing")
+    assert r.status_code == 500
+    t = trace_of(server, "workflows", "failing", r.headers["X-Dagserve-Trace-Id"]).json()
+    assert t["status"] == 500 and t["failedNode"] == "always_fail"
+    assert "always_fail" in t["error"] and t["error"] == r.json()["message"]
+    failed = next(n for n in t["nodes"] if n["node"] == "always_fail")
+    assert failed["reason"] == t["error"]
+    listed = requests.get(f"{server.management_url}/workflows/failing/traces", timeout=10)
+    assert listed.json()["traces"][0]["failedNode"] == "always_fail"
+
+
+def test_timeout_is_an_attempt_outcome_and_a_metric(server):
+    r = wfpredict(server, "timeout", TRACE)
+    assert r.status_code == 500
+    t = trace_of(server, "workflows", "timeout", r.headers["X-Dagserve-Trace-Id"]).json()
+    slow = next(n for n in t["nodes"] if n["node"] == "slow")
+    assert slow["status"] == "failed"
+    assert [a["outcome"] for a in slow["attempts"]] == ["timeout"]
+    assert sample(scrape(server), "dagserve_calls_total", workflow="timeout", node="slow",
+                  outcome="timeout") >= 1
+
+
+def test_unknown_traces_are_clear_404s(server):
+    r = trace_of(server, "workflows", "chain", "no-such-trace")
+    assert r.status_code == 404 and r.json()["type"] == "TraceNotFoundException"
+    r = requests.get(f"{server.management_url}/workflows/nope/traces", timeout=10)
+    assert r.status_code == 404 and r.json()["code"] == 404
+    r = requests.get(f"{server.management_url}/workflows/chain/traces?limit=-1", timeout=10)
+    assert r.status_code == 400
+
+
+def test_ring_keeps_only_the_last_traces(server):
+    ids = [wfpredict(server, "chain", TRACE).headers["X-Dagserve-Trace-Id"]
+           for _ in range(RING + 2)]
+    assert trace_of(server, "workflows", "chain", ids[0]).status_code == 404
+    assert trace_of(server, "workflows", "chain", ids[-1]).status_code == 200
+    listed = requests.get(f"{server.management_url}/workflows/chain/traces?limit=1000",
+                          timeout=10).json()["traces"]
+    assert len(listed) <= RING
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+def scrape(server):
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample(families, family, suffix="", **labels):
+    # the parser names a counter family without its _total; its samples keep it
+    fam = families.get(family) or families[family.removesuffix("_total")]
+    name = family + suffix
+    for s in fam.samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    raise AssertionError(f"no {name} sample with {labels}")
+
+
+def test_metrics_histograms_per_node_and_workflow(server):
+    before = scrape(server)
+    n0 = sample(before, "dagserve_workflow_requests_total", workflow="chain", status="200")
+    for _ in range(3):
+        assert wfpredict(server, "chain").status_code == 200
+    after = scrape(server)
+    assert sample(after, "dagserve_workflow_requests_total", workflow="chain",
+                  status="200") == n0 + 3
+    assert after["dagserve_workflow_request_duration_seconds"].type == "histogram"
+    count = sample(after, "dagserve_request_duration_seconds", "_count", workflow="chain",
+                   node="echo", model_name="chain__echo")
+    inf = sample(after, "dagserve_request_duration_seconds", "_bucket", workflow="chain",
+                 node="echo", le="+Inf")
+    assert count == inf >= 3
+    assert sample(after, "dagserve_queue_wait_seconds", "_count", node="echo") >= 3
+    assert sample(after, "dagserve_batch_size", "_bucket", node="echo", le="1.0") >= 3
+    assert sample(after, "dagserve_calls_total", model_name="echo", workflow="",
+                  outcome="ok") >= 1
+    assert sample(after, "dagserve_workflow_requests_total", workflow="failing",
+                  status="500") >= 1
+    # TorchServe's names are still there, unchanged
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    assert "# TYPE ts_inference_requests_total counter" in text
+    assert "# TYPE Requests2XX counter" in text
+    assert "# TYPE dagserve_calls_total counter" in text
+
+
+# -- pictures and the dashboard's data ------------------------------------------------------
+
+def test_graph_endpoint_in_three_formats(server):
+    url = f"{server.management_url}/workflows/chain/graph"
+    mermaid = requests.get(url, params={"format": "mermaid"}, timeout=10)
+    assert mermaid.status_code == 200 and mermaid.text.startswith("flowchart TD")
+    assert 'n1["echo<br/>echo.mar"]' in mermaid.text and "n0 --> n1" in mermaid.text
+    dot = requests.get(url, params={"format": "dot"}, timeout=10).text
+    assert '"pre" -> "echo";' in dot and '"echo" -> "post";' in dot
+    graph = requests.get(url, timeout=10).json()
+    assert [n["id"] for n in graph["nodes"]] == ["pre", "echo", "post"]
+    bad = requests.get(url, params={"format": "png"}, timeout=10)
+    assert bad.status_code == 400 and "mermaid" in bad.json()["message"]
+    assert requests.get(f"{server.management_url}/workflows/nope/graph",
+                        timeout=10).status_code == 404
+
+
+def test_dashboard_page_and_data(server):
+    page = requests.get(f"{server.management_url}/dashboard", timeout=10)
+    assert page.status_code == 200 and "dashboard.js" in page.text
+    script = requests.get(f"{server.management_url}/dashboard/dashboard.js", timeout=10)
+    assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
+    data = requests.get(f"{server.management_url}/dashboard/data", timeout=10).json()
+    assert [m["model"] for m in data["models"]] == ["echo"]
+    chain = next(w for w in data["workflows"] if w["name"] == "chain")
+    assert set(chain["nodes"]) == {"pre", "echo", "post"}
+    assert chain["nodes"]["echo"]["calls"] >= 1
+    assert data["traceRingSize"] == RING
