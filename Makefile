@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
 PORT_ARGS ?=
 
-.PHONY: setup setup-examples test serve examples bench clean
+.PHONY: setup setup-examples browser test serve examples bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ $(EXAMPLES_STAMP): $(STAMP)
 
 setup-examples: $(EXAMPLES_STAMP)
 
-test: setup-examples
+# Debian's chromium and its driver, for the dashboard's browser test (skipped without them)
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver) || \
+		echo "chromium not installed: the dashboard's browser test will be skipped"
+
+test: setup-examples browser
 	$(PY) -m pytest -q
 
 examples: setup-examples

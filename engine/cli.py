@@ -411,6 +411,10 @@ def _children(pid: int) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("run", "graph"):  # the author's commands (local_cli.py)
+        from .local_cli import main as local_main
+
+        return local_main(argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already explained

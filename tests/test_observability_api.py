@@ -226,3 +226,24 @@ def test_dashboard_page_and_data(server):
     assert set(chain["nodes"]) == {"pre", "echo", "post"}
     assert chain["nodes"]["echo"]["calls"] >= 1
     assert data["traceRingSize"] == RING
+
+
+def test_dagserve_graph_command_asks_the_running_server(server, tmp_path):
+    import subprocess
+    import sys
+
+    from server_utils import _child_env
+
+    def graph(*args):
+        return subprocess.run([sys.executable, "-m", "dagserve.engine.cli", "graph", *args,
+                               "--management-address", server.management_url],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env=_child_env(None))
+
+    proc = graph("chain", "--out", "chain.dot")
+    assert proc.returncode == 0, proc.stderr
+    assert '"pre" -> "echo";' in (tmp_path / "chain.dot").read_text()
+    proc = graph("chain")
+    assert proc.returncode == 0 and proc.stdout.startswith("flowchart TD")
+    proc = graph("nope")
+    assert proc.returncode == 1 and "404 Workflow not found: nope" in proc.stderr

@@ -31,7 +31,8 @@ class FakeQueue:
         self.cancelled = 0
         self.times: list[float] = []
 
-    def submit(self, request: Request) -> asyncio.Future:
+    def submit(self, request: Request, probe=None) -> asyncio.Future:
+        """``probe``: a tracing.Attempt of a traced request, told its batch and worker."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.calls.append(request.params)
@@ -42,6 +43,9 @@ class FakeQueue:
             if fut.cancelled():
                 self.cancelled += 1
                 return
+            if probe is not None:
+                probe.dispatched(0.0, 1, "fake-worker")
+                probe.handled(self.delay)
             if fail:
                 fut.set_result(Response(request.id, self.code, b"", None, {}, "boom"))
             else:
