@@ -27,10 +27,10 @@ $(EXAMPLES_STAMP): $(STAMP)
 
 setup-examples: $(EXAMPLES_STAMP)
 
-# Debian's chromium and its driver, for the dashboard's browser test (skipped without them)
+# Debian's chromium, for the dashboard's browser test (skipped without it)
 browser:
-	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
-		(apt-get update -q && apt-get install -y -q chromium chromium-driver) || \
+	@command -v chromium >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q chromium) || \
 		echo "chromium not installed: the dashboard's browser test will be skipped"
 
 test: setup-examples browser

@@ -75,6 +75,9 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="the request body ('-' reads stdin)")
     p.add_argument("--handler", metavar="FILE",
                    help="the workflow's function file, for a YAML spec with function nodes")
+    p.add_argument("--extra-files", metavar="FILES",
+                   help="comma-separated files the spec's handler needs (as workflow-archiver "
+                        "takes them)")
     p.add_argument("--content-type", help="the request's Content-Type")
     p.add_argument("--trace", choices=("table", "json", "none"), default="table",
                    help="how to print the trace on stderr (default: table)")
@@ -97,7 +100,7 @@ def run_command(argv: Sequence[str]) -> int:
         return 2
     from .local_run import run
 
-    result = run(source, store, body, args.content_type, handler)
+    result = run(source, store, body, args.content_type, handler, args.extra_files)
     if result.response is not None:
         sys.stdout.buffer.write(result.response.value)
         if not result.response.value.endswith(b"\n"):

@@ -1,31 +1,33 @@
 """One request through a workflow without a server: the authoring loop of ``dagserve run``.
 
-The same pieces as the server (model manager, workflow manager, scheduler, worker
-processes), without HTTP: the workflow is registered from its .war (a YAML spec is packed
-into a temporary .war first, with its handler file), one traced request runs through it,
-and every worker is stopped before returning. Worker output goes to a log file in the
-scratch directory; its tail is returned when registration fails, as the reason is there.
+The server's own :class:`~.runtime.Runtime` (model and workflow managers, scheduler, worker
+processes) without the HTTP frontends: the workflow is registered from its .war (a YAML spec
+is packed into a temporary .war first, with its handler file), one traced request runs
+through it, and the runtime is stopped (every worker with it) before returning. Logs go to
+a scratch directory; the workers' output is returned (the reason a registration failed is
+there).
 """
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+import anyio
 
 from dagserve.archiver.pack import pack_workflow
 
 from .config import Config
 from .errors import BadRequestError, DagserveError
 from .frontend.middleware import new_request_id
+from .logs import MODEL_LOG
 from .messages import Param, Request, Response
-from .models import ModelManager
-from .registry import Registry
+from .runtime import Runtime
+from .tasks import TaskOwner
 from .tracing import Trace, Tracer
-from .workers.pool import DeviceAllocator, visible_gpu_count
-from .workflow_manager import WorkflowManager
 
 EMPTY_HANDLER = '"""No function nodes."""\n'
 
@@ -38,9 +40,11 @@ class LocalResult:
     worker_log: str  # the workers' output (load progress, tracebacks)
 
 
-def war_for(source: Path, handler: Path | None, scratch: Path) -> Path:
-    """``source`` itself if it is a .war, else a .war packed from the YAML spec and
-    ``handler`` (an empty handler when the spec has no function nodes)."""
+def war_for(source: Path, handler: Path | None, scratch: Path,
+            extra_files: str | None = None) -> Path:
+    """``source`` itself if it is a .war, else a .war packed from the YAML spec,
+    ``handler`` (an empty handler when the spec has no function nodes) and ``extra_files``
+    (comma-separated, as workflow-archiver takes them)."""
     if source.suffix == ".war" or source.is_dir():
         return source
     if handler is None:
@@ -51,7 +55,8 @@ def war_for(source: Path, handler: Path | None, scratch: Path) -> Path:
 
     try:
         return pack_workflow(workflow_name=source.stem, spec_file=str(source),
-                             handler=str(handler), extra_files=None, export_path=scratch,
+                             handler=str(handler), extra_files=extra_files,
+                             export_path=scratch,
                              force=True, validate_spec=validate_spec_file)
     except SpecError as exc:
         raise BadRequestError(f"Invalid workflow specification: {exc}") from None
@@ -59,39 +64,49 @@ def war_for(source: Path, handler: Path | None, scratch: Path) -> Path:
         raise BadRequestError(f"Cannot pack {source.name}: {exc}") from None
 
 
-async def run_once(source: Path, model_store: Path, body: bytes, content_type: str | None,
-                   *, handler: Path | None = None, cfg: Config | None = None) -> LocalResult:
-    scratch = Path(tempfile.mkdtemp(prefix="dagserve-run-"))
-    log_path = scratch / "workers.log"
-    cfg = (cfg or Config()).with_(model_store=model_store.resolve(),
-                                  workflow_store=scratch, log_dir=scratch,
-                                  disable_token_authorization=True, snapshots=False)
-    registry = Registry()
+async def _run_in(runtime: Runtime, war_source: tuple, scratch: Path, body: bytes,
+                  content_type: str | None) -> tuple[Response | None, DagserveError | None,
+                                                     Trace | None]:
     trace = None
-    with log_path.open("w") as worker_log:
-        models = ModelManager(cfg, registry, work_dir=scratch / "work",
-                              devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
-                              model_log=worker_log)
-        workflows = WorkflowManager(cfg, registry, models)
+    try:
+        source, handler, extra_files = war_source
+        war = war_for(source.resolve(), handler, scratch, extra_files)
+        entry = await runtime.workflows.register(war.as_uri())
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = Request(new_request_id(), [Param("body", content_type, body)], headers)
+        tracer = Tracer(1)
+        trace = tracer.begin("workflow", entry.name, request)
         try:
-            war = war_for(source.resolve(), handler, scratch)
-            entry = await workflows.register(war.as_uri())
-            headers = {"Content-Type": content_type} if content_type else {}
-            request = Request(new_request_id(), [Param("body", content_type, body)], headers)
-            tracer = Tracer(1)
-            trace = tracer.begin("workflow", entry.name, request)
-            try:
-                response = await workflows.run(entry.name, request, trace)
-            except DagserveError as exc:
-                tracer.end(trace, exc.status, exc.message, getattr(exc, "node", None))
-                return LocalResult(None, exc, trace, _read(log_path))
-            tracer.end(trace, response.code)
-            return LocalResult(response, None, trace, _read(log_path))
+            response = await runtime.workflows.run(entry.name, request, trace)
         except DagserveError as exc:
-            return LocalResult(None, exc, trace, _read(log_path))
-        finally:
-            await models.close_all()
-            shutil.rmtree(scratch, ignore_errors=True)
+            tracer.end(trace, exc.status, exc.message, getattr(exc, "node", None))
+            return None, exc, trace
+        tracer.end(trace, response.code)
+        return response, None, trace
+    except DagserveError as exc:
+        return None, exc, trace
+
+
+async def run_once(source: Path, model_store: Path, body: bytes, content_type: str | None,
+                   *, handler: Path | None = None, extra_files: str | None = None,
+                   cfg: Config | None = None) -> LocalResult:
+    scratch = Path(tempfile.mkdtemp(prefix="dagserve-run-"))
+    cfg = (cfg or Config()).with_(model_store=model_store.resolve(), workflow_store=scratch,
+                                  log_dir=scratch / "logs", workdir=scratch,
+                                  disable_token_authorization=True, snapshots=False,
+                                  otel_exporter_otlp_endpoint=None)
+    try:
+        async with anyio.create_task_group() as group:
+            runtime = Runtime.build(cfg, TaskOwner(group))
+            try:
+                response, error, trace = await _run_in(
+                    runtime, (source, handler, extra_files), scratch, body, content_type)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runtime.stop()
+        return LocalResult(response, error, trace, _read(cfg.log_dir / MODEL_LOG))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _read(path: Path, limit: int = 20_000) -> str:
@@ -103,5 +118,6 @@ def _read(path: Path, limit: int = 20_000) -> str:
 
 
 def run(source: Path, model_store: Path, body: bytes, content_type: str | None,
-        handler: Path | None = None) -> LocalResult:
-    return asyncio.run(run_once(source, model_store, body, content_type, handler=handler))
+        handler: Path | None = None, extra_files: str | None = None) -> LocalResult:
+    return anyio.run(partial(run_once, source, model_store, body, content_type,
+                             handler=handler, extra_files=extra_files))

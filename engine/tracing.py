@@ -137,6 +137,9 @@ class NodeRecord:
 class Trace:
     """One request: ``kind`` is "workflow" or "model", ``target`` its name."""
 
+    __slots__ = ("id", "kind", "target", "keep", "wall_start", "started", "ended", "status",
+                 "error", "failed_node", "nodes", "expected", "otel_trace_id", "span")
+
     def __init__(self, trace_id: str, kind: str, target: str, nodes: Iterable[str] = (),
                  keep: bool = True):
         self.id = trace_id
@@ -150,6 +153,8 @@ class Trace:
         self.error = ""
         self.failed_node: str | None = None
         self.nodes: dict[str, NodeRecord] = {n: NodeRecord(n, None, None) for n in nodes}
+        # the DAG's nodes in order and their model versions, listed even if never reached
+        self.expected: tuple[Iterable[str], dict[str, Any]] | None = None
         self.otel_trace_id: str | None = None
         self.span: Any = None  # the OpenTelemetry request span, when exporting
 
@@ -162,17 +167,26 @@ class Trace:
             rec.version = getattr(target, "version", None)
         return rec
 
-    def expect(self, nodes: Iterable[tuple[str, Any]]) -> None:
-        """List these ``(node, model version)`` pairs, in this order, even if some never
-        run."""
-        for name, target in nodes:
-            self._node(name, target)
+    def expect(self, order: Iterable[str], targets: dict[str, Any]) -> None:
+        """The nodes to list, in this order, even if some never run (read only when the
+        trace is shown: the request pays for a reference)."""
+        self.expected = (order, targets)
+
+    def _listed(self) -> list[NodeRecord]:
+        if self.expected is None:
+            return list(self.nodes.values())
+        order, targets = self.expected
+        listed = [self._node(name, targets.get(name)) for name in order]
+        listed += [rec for rec in self.nodes.values() if rec not in listed]
+        return listed
 
     def attempt(self, node: str, target: Any, number: int, params: Iterable[Any] = (),
                 item: int | None = None) -> Attempt:
         """Start attempt ``number`` (1-based) of ``node`` (served by model version
         ``target``); ``params`` are its inputs (their bytes are counted)."""
-        size = sum(len(p.value) for p in params)
+        size = 0
+        for p in params:
+            size += len(p.value)
         att = Attempt(node, number, time.perf_counter(), size, item)
         self._node(node, target).attempts.append(att)
         return att
@@ -206,7 +220,7 @@ class Trace:
             out["failedNode"] = self.failed_node
         if self.otel_trace_id:
             out["otelTraceId"] = self.otel_trace_id
-        out["nodes"] = [rec.to_json(self.started) for rec in self.nodes.values()]
+        out["nodes"] = [rec.to_json(self.started) for rec in self._listed()]
         return out
 
     def summary(self) -> dict[str, Any]:

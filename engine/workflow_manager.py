@@ -8,10 +8,10 @@ import asyncio
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from dagserve.archiver import ArchiveError, read_workflow_manifest
+from dagserve.archiver import read_workflow_manifest
+from dagserve.archiver.handler_names import parse_handler
 from dagserve.workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
                        load_spec)
 
@@ -20,21 +20,11 @@ from .config import Config, startup_entries
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
                      WorkflowNotFoundError)
 from .models import ModelManager, ModelOptions
-from .histogram import WorkflowStats
 from .registry import ModelVersion, Registry, WorkflowEntry
 from .scheduler import NodeFailed, Plan, run_plan
 from .messages import Request, Response
 
 log = logging.getLogger("dagserve.workflows")
-
-
-@dataclass
-class RunnableWorkflow:
-    """What a request needs: the plan and each node's model, resolved once."""
-
-    plan: Plan
-    targets: dict[str, ModelVersion]
-    stats: WorkflowStats
 
 
 def node_model_name(workflow: str, node: str) -> str:
@@ -46,7 +36,6 @@ class WorkflowManager:
         self.cfg = cfg
         self.registry = registry
         self.models = models
-        self._runnable: dict[str, RunnableWorkflow] = {}
 
     # -- requests -------------------------------------------------------------------------
 
@@ -54,17 +43,17 @@ class WorkflowManager:
                   trace: tracing.Trace | None = None) -> Response:
         """Run one request; with ``trace``, every node attempt is recorded in it. An error
         raised for a failed node names it in its ``node`` attribute."""
-        runnable = self._runnable.get(name)
-        if runnable is None:
+        entry = self.registry.workflows.get(name)
+        if entry is None:
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
         token = None
         if trace is not None:
-            trace.expect((n, runnable.targets.get(n)) for n in runnable.plan.nodes)
+            trace.expect(entry.plan.nodes, entry.node_models)
             token = tracing.current.set(trace)
         started = time.perf_counter()
         status = 500
         try:
-            resp = await run_plan(runnable.plan, runnable.targets, request)
+            resp = await run_plan(entry.plan, entry.node_models, request)
             status = resp.code
             return resp
         except NodeFailed as exc:
@@ -75,26 +64,18 @@ class WorkflowManager:
             error.node = exc.node  # type: ignore[attr-defined]
             raise error from None
         finally:
-            runnable.stats.count(status, time.perf_counter() - started)
+            entry.stats.count(status, time.perf_counter() - started)
             if token is not None:
                 tracing.current.reset(token)
 
     # -- registration ---------------------------------------------------------------------
 
     async def register(self, url: str, name: str | None = None) -> WorkflowEntry:
-        archive, temporary = await self.models.fetch(url, self.cfg.workflow_store)
+        wf_dir, manifest = await self.models.intake.receive(
+            url, self.cfg.workflow_store, read_workflow_manifest, "workflow")
         try:
-            wf_dir = await self.models.unpack(archive, Path(url).stem)
-        finally:
-            if temporary:
-                shutil.rmtree(archive.parent, ignore_errors=True)
-        try:
-            manifest = read_workflow_manifest(wf_dir)
             name = name or manifest.workflow_name
             self.registry.reserve_workflow(name)
-        except ArchiveError as exc:
-            shutil.rmtree(wf_dir, ignore_errors=True)
-            raise BadRequestError(f"Invalid workflow archive {url}: {exc}") from None
         except BaseException:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
@@ -106,9 +87,8 @@ class WorkflowManager:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
-                              node_models=nodes)
+                              node_models=nodes, plan=Plan.from_compiled(compiled))
         self.registry.add_workflow(entry)
-        self._runnable[name] = RunnableWorkflow(Plan.from_compiled(compiled), nodes, entry.stats)
         self.models.on_change()
         return entry
 
@@ -143,10 +123,10 @@ class WorkflowManager:
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
                                 owner=name)
             if compiled.graph.nodes[node]["kind"] == "model":
-                mv, _ = await self.models.register(compiled.models[node].url, opts,
+                mv = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)
             else:
-                mv, _ = await self.models.register_dir(
+                mv = await self.models.register_dir(
                     f"{name}:{node}", wf_dir, opts, name=opts.model_name or node, version="1.0",
                     runtime="python", handler=f"{Path(handler_file_name(handler)).stem}:{node}",
                     manifest={}, owns_dir=False)
@@ -167,7 +147,6 @@ class WorkflowManager:
     async def unregister(self, name: str) -> None:
         entry = self.registry.workflow(name)
         del self.registry.workflows[name]
-        self._runnable.pop(name, None)
         try:
             await asyncio.gather(*(self.models.unregister(mv.name, mv.version, force=True)
                                    for mv in entry.node_models.values()),
@@ -193,12 +172,6 @@ class WorkflowManager:
                 await self.register(url, name)
             except DagserveError as exc:
                 log.error("could not load workflow %s at start: %s", url, exc.message)
-
-    def snapshot_entries(self) -> list[dict]:
-        return [{"name": e.name, "url": e.url,
-                 "nodes": {node: {"minWorkers": mv.min_workers, "maxWorkers": mv.max_workers}
-                           for node, mv in e.node_models.items()}}
-                for e in self.registry.workflows.values()]
 
     async def restore(self, entries: list[dict]) -> None:
         for item in entries:
@@ -227,5 +200,4 @@ class WorkflowManager:
 
 def handler_file_name(handler: str) -> str:
     """The manifest's handler (``wf_handler.py`` or ``wf_handler``) as a file name."""
-    base = handler.split(":", 1)[0]
-    return base if base.endswith(".py") else base + ".py"
+    return parse_handler(handler).file_name

@@ -1,27 +1,21 @@
-"""The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, driven by
-selenium) against a live server with token authorization on: every node of a registered
-workflow is drawn, a live figure changes after requests, a trace opens as a timeline, and
-the page is saved as docs/img/dashboard.png (the README's screenshot)."""
+"""The dashboard in a real headless Chromium (Debian's chromium, driven over the DevTools
+protocol: tests/cdp_browser.py) against a live server with token authorization on: every
+node of a registered workflow is drawn, a live figure changes after requests, a trace opens
+as a timeline, and the page is saved as docs/img/dashboard.png (the README's screenshot)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import json
 
 import pytest
 import requests
 
+from cdp_browser import Chromium, chromium_path
 from server_utils import ECHO_HANDLER, REPO_ROOT, build_mar, build_war, start_server
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="chromium and chromedriver are not installed "
-                                       "(make test installs them with apt-get)")
+CHROMIUM = chromium_path()
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                                                        "(make test installs it with apt-get)")
 
 SCREENSHOT = REPO_ROOT / "docs" / "img" / "dashboard.png"
 FUNCTIONS = '''
@@ -76,23 +70,9 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+def browser():
+    with Chromium(CHROMIUM) as chromium:
+        yield chromium
 
 
 def post(server, trace: bool = False):
@@ -105,9 +85,9 @@ def post(server, trace: bool = False):
     return r
 
 
-def live_calls(driver, node: str) -> int:
-    figure = driver.find_element(By.CSS_SELECTOR, f'text.live[data-node="{node}"]')
-    return int(figure.get_attribute("data-calls"))
+def live_calls(browser, node: str) -> int:
+    return int(browser.evaluate(
+        f"document.querySelector('text.live[data-node=\"{node}\"]').dataset.calls"))
 
 
 def test_page_needs_the_key_for_its_data(server):
@@ -118,37 +98,40 @@ def test_page_needs_the_key_for_its_data(server):
 
 def test_dashboard_draws_the_dag_and_updates_live(server, browser):
     key = server.keys()["management"]["key"]
-    browser.get(f"{server.management_url}/dashboard?token={key}&refresh=500")
-    wait = WebDriverWait(browser, 30)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'svg.dag[data-workflow="diamond"]'))
-    drawn = {g.get_attribute("data-node")
-             for g in browser.find_elements(By.CSS_SELECTOR, "svg.dag g.node")}
-    assert drawn == set(NODES)
-    kinds = {g.get_attribute("data-node"): g.get_attribute("class")
-             for g in browser.find_elements(By.CSS_SELECTOR, "svg.dag g.node")}
+    browser.open(f"{server.management_url}/dashboard?token={key}&refresh=500")
+    browser.wait_for("document.querySelector('svg.dag[data-workflow=\"diamond\"]') !== null")
+    nodes = browser.evaluate(
+        "[...document.querySelectorAll('svg.dag g.node')].map(g => [g.dataset.node, "
+        "g.getAttribute('class')])")
+    kinds = dict(nodes)
+    assert set(kinds) == set(NODES)
     assert "model" in kinds["detector"].split() and "function" in kinds["pre"].split()
-    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.dag path.edge")) == 4
-    models = [row.get_attribute("data-model")
-              for row in browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")]
-    assert models == ["echo"]
+    assert browser.evaluate("document.querySelectorAll('svg.dag path.edge').length") == 4
+    assert browser.evaluate(
+        "[...document.querySelectorAll('#models tbody tr')].map(r => r.dataset.model)") == \
+        ["echo"]
 
     before = live_calls(browser, "detector")
     for _ in range(5):
         post(server)
     traced = post(server, trace=True).headers["X-Dagserve-Trace-Id"]
-    wait.until(lambda d: live_calls(d, "detector") >= before + 6)
-    figure = browser.find_element(By.CSS_SELECTOR, 'text.live[data-node="detector"]').text
+    browser.wait_for("Number(document.querySelector('text.live[data-node=\"detector\"]')"
+                     f".dataset.calls) >= {before + 6}")
+    figure = browser.evaluate(
+        "document.querySelector('text.live[data-node=\"detector\"]').textContent")
     assert "/s" in figure and "p50" in figure and "err 0" in figure
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOT))
-    assert Path(SCREENSHOT).stat().st_size > 10_000
+    browser.screenshot(SCREENSHOT)
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert SCREENSHOT.stat().st_size > 10_000
 
-    link = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'a[data-trace="{traced}"]'))
-    link[0].click()
-    wait.until(lambda d: d.find_element(By.ID, "timeline").is_displayed())
-    rows = {r.get_attribute("data-node")
-            for r in browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-row")}
-    assert rows == set(NODES)
-    assert browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-bar")
-    browser.find_element(By.ID, "close-timeline").click()
-    wait.until(lambda d: not d.find_element(By.ID, "timeline").is_displayed())
+    link = f"a[data-trace=\"{traced}\"]"
+    browser.wait_for(f"document.querySelector({json.dumps(link)}) !== null")
+    browser.evaluate(f"document.querySelector({json.dumps(link)}).click()")
+    browser.wait_for("!document.getElementById('timeline').hidden")
+    rows = browser.wait_for(
+        "[...document.querySelectorAll('#timeline .tl-row')].map(r => r.dataset.node)")
+    assert set(rows) == set(NODES)
+    assert browser.evaluate("document.querySelectorAll('#timeline .tl-bar').length") >= 8
+    browser.evaluate("document.getElementById('close-timeline').click()")
+    assert browser.evaluate("document.getElementById('timeline').hidden") is True

@@ -51,12 +51,9 @@ def model_figures(mv) -> dict:
 
 
 class ObserveRoutes:
-    def __init__(self, server):
-        self.server = server
-
-    @property
-    def tracer(self):
-        return self.server.tracer
+    def __init__(self, registry, tracer):
+        self.registry = registry
+        self.tracer = tracer
 
     def _limit(self, request: web.Request) -> int:
         limit = int_param(dict(request.query), "limit")
@@ -73,7 +70,7 @@ class ObserveRoutes:
 
     async def workflow_traces(self, request: web.Request) -> web.Response:
         name = request.match_info["workflow_name"]
-        self.server.registry.workflow(name)
+        self.registry.workflow(name)
         traces = self.tracer.ring.recent("workflow", name, self._limit(request))
         return json_ok({"workflow": name, "traces": [t.summary() for t in traces]})
 
@@ -83,7 +80,7 @@ class ObserveRoutes:
 
     async def model_traces(self, request: web.Request) -> web.Response:
         name = request.match_info["model_name"]
-        self.server.registry.versions(name)
+        self.registry.versions(name)
         traces = self.tracer.ring.recent("model", name, self._limit(request))
         return json_ok({"model": name, "traces": [t.summary() for t in traces]})
 
@@ -92,7 +89,7 @@ class ObserveRoutes:
         return self._one("model", info["model_name"], info["trace_id"])
 
     async def graph(self, request: web.Request) -> web.Response:
-        entry = self.server.registry.workflow(request.match_info["workflow_name"])
+        entry = self.registry.workflow(request.match_info["workflow_name"])
         fmt = request.query.get("format", "json")
         if fmt not in FORMATS:
             raise BadRequestError(f"Parameter format must be one of {', '.join(FORMATS)}, "
@@ -110,7 +107,7 @@ class ObserveRoutes:
                             headers={"Cache-Control": "no-cache"})
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
-        registry = self.server.registry
+        registry = self.registry
         workflows = list(registry.workflows.values())
         node_of = node_index(workflows)
         models = [model_figures(mv) for mv in registry.all_versions()
@@ -128,10 +125,10 @@ class ObserveRoutes:
         return web.Response(body=json.dumps(body).encode(), content_type="application/json")
 
 
-def add_observe_routes(router: web.UrlDispatcher, server) -> None:
+def add_observe_routes(router: web.UrlDispatcher, registry, tracer) -> None:
     """Register before the model routes: ``/models/{m}/traces`` would otherwise be read as
     the describe call of a version named "traces"."""
-    routes = ObserveRoutes(server)
+    routes = ObserveRoutes(registry, tracer)
     router.add_get("/models/{model_name}/traces", routes.model_traces)
     router.add_get("/models/{model_name}/traces/{trace_id}", routes.model_trace)
     router.add_get("/workflows/{workflow_name}/traces", routes.workflow_traces)
