@@ -22,7 +22,7 @@ from .registry import ModelVersion, Registry
 from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.pool import DeviceAllocator, WorkerPool
-from .workers.process import WorkerSpec, WorkerStartError
+from .workers.process import Launcher, WorkerSpec, WorkerStartError
 
 log = logging.getLogger("dagserve.models")
 
@@ -76,7 +76,7 @@ class ModelManager:
 
     def __init__(self, cfg: Config, registry: Registry, *, intake: ArchiveIntake,
                  work_dir: Path, devices: DeviceAllocator, model_log: TextIO | None,
-                 tasks: TaskOwner, on_change: Callable[[], None],
+                 tasks: TaskOwner, launcher: Launcher, on_change: Callable[[], None],
                  on_metrics: Callable[[ModelVersion, list[dict]], None]):
         self.cfg = cfg
         self.registry = registry
@@ -86,6 +86,7 @@ class ModelManager:
         self.devices = devices
         self.model_log = model_log
         self.tasks = tasks
+        self.launcher = launcher
         self.on_change = on_change
         self.on_metrics = on_metrics
 
@@ -189,7 +190,7 @@ class ModelManager:
         queue = BatchQueue(name, batch_size, self.cfg.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
-                          log_file=self.model_log, tasks=self.tasks,
+                          log_file=self.model_log, tasks=self.tasks, launcher=self.launcher,
                           on_metrics=lambda m: self.on_metrics(mv_holder[0], m))
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,
