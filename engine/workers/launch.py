@@ -41,7 +41,7 @@ class SubprocessLauncher:
     """A fresh ``python -P -m dagserve.engine.workers.main`` per worker."""
 
     async def launch(self, settings: WorkerSettings, *, cwd: Path, log_file: TextIO | None,
-                     env: dict[str, str] | None = None) -> WorkerHandle:
+                     env: dict[str, str] | None = None, uses_torch: bool = True) -> WorkerHandle:
         out = log_file if log_file is not None else asyncio.subprocess.DEVNULL
         return await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", WORKER_MODULE, "--settings", settings.to_json(),
@@ -114,9 +114,14 @@ class ForkServerLauncher:
             self._tasks.spawn(self._run, name="the worker fork server")
 
     async def launch(self, settings: WorkerSettings, *, cwd: Path, log_file: TextIO | None,
-                     env: dict[str, str] | None = None) -> WorkerHandle:
+                     env: dict[str, str] | None = None, uses_torch: bool = True) -> WorkerHandle:
+        """Fork the worker. While the fork server is still importing torch, a worker that
+        will not need torch (``uses_torch`` false: no serialized model, a custom handler)
+        starts on its own at once instead of waiting for it."""
         self.start()
         assert self._ready is not None
+        if not self._ready.done() and not uses_torch:
+            return await self._fallback.launch(settings, cwd=cwd, log_file=log_file, env=env)
         if not await asyncio.shield(self._ready) or not self.alive or self._writer is None:
             return await self._fallback.launch(settings, cwd=cwd, log_file=log_file, env=env)
         self._next_id += 1
