@@ -8,7 +8,9 @@ served by three builds side by side:
 - ``on``: this tree, every request sent with ``X-Dagserve-Trace: 1``.
 
 The three take turns, round after round (a fresh server each time), so that a change in the
-machine's load hits all of them alike; the median req/s of the rounds is reported.
+machine's load hits all of them alike; the median of the rounds is reported, of req/s and of
+the frontend process's CPU time per request (user + system, from /proc: what the hooks cost
+shows there even when a loaded machine makes throughput swing).
 
     .venv/bin/python -m benchmarks.tracing_overhead [--base-ref main] [--rounds 3]
         [--seconds 4] [--client auto|wrk|python]
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from .artifacts import build_artifacts
 from .loadgen import LoadSpec, Target, run_load
+from .procstats import process_cpu_seconds
 from .servers import Ports, ServerProcess, dagserve_command, free_ports, write_config
 from .wrk import run_wrk, wrk_available
 
@@ -54,13 +57,19 @@ def export_ref(ref: str, dest: Path) -> Path:
     return dest / "pkg"
 
 
-def measure(target: Target, seconds: float, client: str) -> float:
+def measure(target: Target, seconds: float, client: str, frontend_pid: int) -> tuple[float,
+                                                                                    float]:
+    """(req/s, frontend CPU µs per request) of one run; the CPU is taken over the whole run
+    (warmup included) and divided by every request it served."""
     spec = LoadSpec(connections=CONNECTIONS, duration_s=seconds, max_requests=2_000_000,
                     warmup_s=1.0)
+    cpu0 = process_cpu_seconds(frontend_pid)
     load = run_wrk(target, spec) if client == "wrk" else run_load(target, spec)
+    cpu = process_cpu_seconds(frontend_pid) - cpu0
     if load.errors:
         raise RuntimeError(f"{load.errors} errors against {target.url}: {load.error_kinds}")
-    return load.rps
+    served = load.rps * (seconds + 1.0)
+    return load.rps, cpu / served * 1e6
 
 
 def one_round(variant: str, env: dict[str, str], art, work: Path, seconds: float,
@@ -82,7 +91,7 @@ def one_round(variant: str, env: dict[str, str], art, work: Path, seconds: float
         for key, path in (("echo", "/predictions/echo8"), ("chain", "/wfpredict/chain3")):
             target = Target.from_url(server.inference + path, body=b"x" * 64,
                                      headers=headers)
-            out[key] = measure(target, seconds, client)
+            out[key], out[key + "_cpu"] = measure(target, seconds, client, server.pid)
         return out
     finally:
         server.stop()
@@ -103,14 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     base_path = export_ref(args.base_ref, args.out / "base")
     plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     envs = {"before": {**plain, "PYTHONPATH": str(base_path)}, "off": plain, "on": plain}
-    rates: dict[str, dict[str, list[float]]] = {v: {"echo": [], "chain": []} for v in envs}
+    rates: dict[str, dict[str, list[float]]] = {
+        v: {k: [] for k in ("echo", "chain", "echo_cpu", "chain_cpu")} for v in envs}
     for n in range(args.rounds):
         for variant, env in envs.items():
             got = one_round(variant, env, art, args.out, args.seconds, client)
             for key, rps in got.items():
                 rates[variant][key].append(rps)
-            print(f"round {n + 1} {variant:6s} echo {got['echo']:8.0f} req/s   "
-                  f"chain {got['chain']:8.0f} req/s", flush=True)
+            print(f"round {n + 1} {variant:6s} echo {got['echo']:8.0f} req/s "
+                  f"{got['echo_cpu']:6.1f} µs/req   chain {got['chain']:8.0f} req/s "
+                  f"{got['chain_cpu']:6.1f} µs/req", flush=True)
     print(f"\nmedian of {args.rounds} rounds, {CONNECTIONS} connections, {args.seconds:g} s "
           f"each, client {client}, {os.cpu_count()} cores")
     print("| scenario | before (" + args.base_ref + ") | tracing off | tracing on (every "
@@ -118,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for key, name in (("echo", "(a) echo, batch 8, 1 worker"),
                       ("chain", "(d) 3-node chain, batch 8")):
-        before, off, on = (statistics.median(rates[v][key]) for v in ("before", "off", "on"))
-        print(f"| {name} | {before:.0f} | {off:.0f} | {on:.0f} | "
-              f"{100 * (off / before - 1):+.1f} % | {100 * (on / off - 1):+.1f} % |")
+        for suffix, unit in (("", "req/s"), ("_cpu", "frontend CPU µs/request")):
+            before, off, on = (statistics.median(rates[v][key + suffix])
+                               for v in ("before", "off", "on"))
+            print(f"| {name}, {unit} | {before:.1f} | {off:.1f} | {on:.1f} | "
+                  f"{100 * (off / before - 1):+.1f} % | {100 * (on / off - 1):+.1f} % |")
     return 0
 
 

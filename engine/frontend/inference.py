@@ -30,7 +30,7 @@ from ..tracing import Tracer
 from .http_input import read_params
 from .openapi import inference_openapi
 from .responses import handler_response, json_response
-from .traced import failed_reply, traced_predict, traced_workflow
+from .traced import drop_query_flag, failed_reply, traced_predict, traced_workflow
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
@@ -73,6 +73,7 @@ class InferenceRoutes:
         req = Request(request["request_id"], await read_params(request), headers)
         tracer = self.tracer
         if tracer.wanted(request.headers, request.query_string):
+            drop_query_flag(req, request.query_string)
             return await traced_predict(tracer, mv, req, self._reply)
         status = 500
         try:
@@ -95,6 +96,7 @@ class InferenceRoutes:
         req = Request(request["request_id"], await read_params(request), dict(request.headers))
         tracer = self.tracer
         if tracer.wanted(request.headers, request.query_string):
+            drop_query_flag(req, request.query_string)
             return await traced_workflow(tracer, workflow, req, self.run_workflow, self._reply)
         start = time.perf_counter()
         try:

@@ -20,6 +20,16 @@ from .responses import error_response
 Reply = Callable[[Response], web.Response]
 
 
+def drop_query_flag(req: Request, query_string: str) -> None:
+    """``?trace=true`` asks for a trace; it is not an input for the handler (query
+    parameters are appended last, after the body or the form fields)."""
+    if "trace" in query_string:
+        for i in range(len(req.params) - 1, -1, -1):
+            if req.params[i].name == "trace":
+                del req.params[i]
+                return
+
+
 def error_reply(exc: DagserveError, trace_id: str) -> web.Response:
     resp = error_response(exc.status, exc.type_name or type(exc).__name__, exc.message)
     resp.headers[TRACE_ID_HEADER] = trace_id
