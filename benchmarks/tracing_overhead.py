@@ -7,13 +7,14 @@ served by three builds side by side:
 - ``off``: this tree, requests not traced (the cost of the hooks alone);
 - ``on``: this tree, every request sent with ``X-Dagserve-Trace: 1``.
 
-The three take turns, round after round (a fresh server each time), so that a change in the
-machine's load hits all of them alike; the median of the rounds is reported, of req/s and of
-the frontend process's CPU time per request (user + system, from /proc: what the hooks cost
-shows there even when a loaded machine makes throughput swing).
+Both servers stay up for the whole run; short runs take turns (before, off, on; echo then
+chain) for ``--pairs`` rounds, and each round gives the ratios off/before and on/off of
+runs made seconds apart, so the slow swings of a shared machine's load cancel out. Reported:
+the median ratio over the rounds (with the lowest and highest), the median req/s, and the
+frontend process's CPU time per request (user + system from /proc, warmup included).
 
-    .venv/bin/python -m benchmarks.tracing_overhead [--base-ref main] [--rounds 3]
-        [--seconds 4] [--client auto|wrk|python]
+    .venv/bin/python -m benchmarks.tracing_overhead [--base-ref main] [--pairs 12]
+        [--seconds 2] [--client auto|wrk|python]
 """
 
 from __future__ import annotations
@@ -72,8 +73,7 @@ def measure(target: Target, seconds: float, client: str, frontend_pid: int) -> t
     return load.rps, cpu / served * 1e6
 
 
-def one_round(variant: str, env: dict[str, str], art, work: Path, seconds: float,
-              client: str) -> dict[str, float]:
+def start_server(variant: str, env: dict[str, str], art, work: Path) -> ServerProcess:
     ports = Ports(*free_ports())
     config = write_config(work / f"{variant}.properties", ports, art.store)
     server = ServerProcess(variant, dagserve_command(config, art.store, f"echo={art.echo_mar}"),
@@ -86,23 +86,27 @@ def one_round(variant: str, env: dict[str, str], art, work: Path, seconds: float
         reply = server.register_workflow(art.chain_batched, "chain3")
         if reply.status != 200:
             raise RuntimeError(f"registering chain3: {reply.message()}")
-        headers = TRACE_HEADER if variant == "on" else ()
-        out = {}
-        for key, path in (("echo", "/predictions/echo8"), ("chain", "/wfpredict/chain3")):
-            target = Target.from_url(server.inference + path, body=b"x" * 64,
-                                     headers=headers)
-            out[key], out[key + "_cpu"] = measure(target, seconds, client, server.pid)
-        return out
-    finally:
+    except BaseException:
         server.stop()
+        raise
+    return server
+
+
+PATHS = {"echo": "/predictions/echo8", "chain": "/wfpredict/chain3"}
+RUNS = (("before", "before", ()), ("off", "after", ()), ("on", "after", TRACE_HEADER))
+
+
+def _spread(values: list[float]) -> str:
+    return (f"{100 * (statistics.median(values) - 1):+.1f} % "
+            f"({100 * (min(values) - 1):+.0f} … {100 * (max(values) - 1):+.0f})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tracing_overhead",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-ref", default="main", help="the build without tracing")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--pairs", type=int, default=12, help="rounds of before/off/on")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured s per run")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "tracing")
     args = parser.parse_args(argv)
@@ -111,29 +115,43 @@ def main(argv: list[str] | None = None) -> int:
     art = build_artifacts(args.out)
     base_path = export_ref(args.base_ref, args.out / "base")
     plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    envs = {"before": {**plain, "PYTHONPATH": str(base_path)}, "off": plain, "on": plain}
-    rates: dict[str, dict[str, list[float]]] = {
-        v: {k: [] for k in ("echo", "chain", "echo_cpu", "chain_cpu")} for v in envs}
-    for n in range(args.rounds):
-        for variant, env in envs.items():
-            got = one_round(variant, env, art, args.out, args.seconds, client)
-            for key, rps in got.items():
-                rates[variant][key].append(rps)
-            print(f"round {n + 1} {variant:6s} echo {got['echo']:8.0f} req/s "
-                  f"{got['echo_cpu']:6.1f} µs/req   chain {got['chain']:8.0f} req/s "
-                  f"{got['chain_cpu']:6.1f} µs/req", flush=True)
-    print(f"\nmedian of {args.rounds} rounds, {CONNECTIONS} connections, {args.seconds:g} s "
-          f"each, client {client}, {os.cpu_count()} cores")
-    print("| scenario | before (" + args.base_ref + ") | tracing off | tracing on (every "
-          "request) | off vs before | on vs off |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    servers: dict[str, ServerProcess] = {}
+    try:
+        servers["before"] = start_server("before", {**plain, "PYTHONPATH": str(base_path)},
+                                         art, args.out)
+        servers["after"] = start_server("after", plain, art, args.out)
+        got = {(v, k): [] for v, _, _ in RUNS for k in PATHS}
+        for n in range(args.pairs):
+            for key, path in PATHS.items():
+                for variant, which, headers in RUNS:
+                    server = servers[which]
+                    target = Target.from_url(server.inference + path, body=b"x" * 64,
+                                             headers=headers)
+                    got[variant, key].append(measure(target, args.seconds, client,
+                                                     server.pid))
+            print(f"round {n + 1}: " + "  ".join(
+                f"{k} {v} {got[v, k][-1][0]:.0f}/s {got[v, k][-1][1]:.0f}µs"
+                for k in PATHS for v, _, _ in RUNS), flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    print(f"\n{args.pairs} rounds, {CONNECTIONS} connections, {args.seconds:g} s per run "
+          f"after 1 s warmup, client {client}, {os.cpu_count()} cores")
+    print(f"| scenario | req/s before ({args.base_ref}) | req/s tracing off | req/s tracing "
+          "on | off vs before, req/s | on vs off, req/s | frontend µs/request before / off "
+          "/ on |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key, name in (("echo", "(a) echo, batch 8, 1 worker"),
                       ("chain", "(d) 3-node chain, batch 8")):
-        for suffix, unit in (("", "req/s"), ("_cpu", "frontend CPU µs/request")):
-            before, off, on = (statistics.median(rates[v][key + suffix])
-                               for v in ("before", "off", "on"))
-            print(f"| {name}, {unit} | {before:.1f} | {off:.1f} | {on:.1f} | "
-                  f"{100 * (off / before - 1):+.1f} % | {100 * (on / off - 1):+.1f} % |")
+        rps = {v: [r for r, _ in got[v, key]] for v, _, _ in RUNS}
+        cpu = {v: [c for _, c in got[v, key]] for v, _, _ in RUNS}
+        off_before = [o / b for o, b in zip(rps["off"], rps["before"])]
+        on_off = [o / f for o, f in zip(rps["on"], rps["off"])]
+        print(f"| {name} | {statistics.median(rps['before']):.0f} | "
+              f"{statistics.median(rps['off']):.0f} | {statistics.median(rps['on']):.0f} | "
+              f"{_spread(off_before)} | {_spread(on_off)} | "
+              + " / ".join(f"{statistics.median(cpu[v]):.1f}" for v in ("before", "off", "on"))
+              + " |")
     return 0
 
 

@@ -79,7 +79,7 @@ class OtelExporter:
 
         parent = set_span_in_context(span)
         end = trace.ended if trace.ended is not None else time.perf_counter()
-        for rec in list(trace.nodes.values()):
+        for rec in trace.nodes.values():
             if rec.skipped:
                 self._node_span(parent, rec, None, ns(end), ns(end))
             for att in rec.attempts:

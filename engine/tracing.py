@@ -22,7 +22,6 @@ management port (``GET /workflows/{w}/traces/{id}``, ``GET /models/{m}/traces/{i
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from contextvars import ContextVar
 from typing import Any, Iterable
 from urllib.parse import parse_qsl
@@ -42,13 +41,14 @@ def _ms(seconds: float | None) -> float | None:
 class Attempt:
     """One try at one node: submitted to the node's queue, then answered or not."""
 
-    __slots__ = ("node", "number", "started", "ended", "queue_wait_s", "batch_size",
-                 "worker_id", "worker_s", "outcome", "code", "message", "bytes_in",
-                 "bytes_out", "item")
+    __slots__ = ("node", "target", "number", "started", "ended", "queue_wait_s",
+                 "batch_size", "worker_id", "worker_s", "outcome", "code", "message",
+                 "bytes_in", "bytes_out", "item")
 
-    def __init__(self, node: str, number: int, started: float, bytes_in: int,
+    def __init__(self, node: str, target: Any, number: int, started: float, bytes_in: int,
                  item: int | None = None):
         self.node = node
+        self.target = target  # the model version that serves the node
         self.number = number
         self.started = started
         self.ended: float | None = None
@@ -135,10 +135,15 @@ class NodeRecord:
 
 
 class Trace:
-    """One request: ``kind`` is "workflow" or "model", ``target`` its name."""
+    """One request: ``kind`` is "workflow" or "model", ``target`` its name.
+
+    While the request runs, a trace only appends: one :class:`Attempt` per try at a node,
+    a reason per skipped node. :attr:`nodes` (one :class:`NodeRecord` per node, in the DAG's
+    order) is built when the trace is read."""
 
     __slots__ = ("id", "kind", "target", "keep", "wall_start", "started", "ended", "status",
-                 "error", "failed_node", "nodes", "expected", "otel_trace_id", "span")
+                 "error", "failed_node", "attempts", "skips", "order", "targets",
+                 "otel_trace_id", "span")
 
     def __init__(self, trace_id: str, kind: str, target: str, nodes: Iterable[str] = (),
                  keep: bool = True):
@@ -152,33 +157,19 @@ class Trace:
         self.status: int | None = None
         self.error = ""
         self.failed_node: str | None = None
-        self.nodes: dict[str, NodeRecord] = {n: NodeRecord(n, None, None) for n in nodes}
-        # the DAG's nodes in order and their model versions, listed even if never reached
-        self.expected: tuple[Iterable[str], dict[str, Any]] | None = None
+        self.attempts: list[Attempt] = []
+        self.skips: dict[str, tuple[str, Any]] = {}  # node -> (reason, model version)
+        self.order: Iterable[str] = nodes  # the nodes to list even if never reached
+        self.targets: dict[str, Any] = {}  # node -> model version, for those never reached
         self.otel_trace_id: str | None = None
         self.span: Any = None  # the OpenTelemetry request span, when exporting
 
-    def _node(self, name: str, target: Any = None) -> NodeRecord:
-        rec = self.nodes.get(name)
-        if rec is None:
-            rec = self.nodes[name] = NodeRecord(name, None, None)
-        if target is not None and rec.model is None:
-            rec.model = getattr(target, "name", None)
-            rec.version = getattr(target, "version", None)
-        return rec
-
     def expect(self, order: Iterable[str], targets: dict[str, Any]) -> None:
-        """The nodes to list, in this order, even if some never run (read only when the
-        trace is shown: the request pays for a reference)."""
-        self.expected = (order, targets)
-
-    def _listed(self) -> list[NodeRecord]:
-        if self.expected is None:
-            return list(self.nodes.values())
-        order, targets = self.expected
-        listed = [self._node(name, targets.get(name)) for name in order]
-        listed += [rec for rec in self.nodes.values() if rec not in listed]
-        return listed
+        """The DAG's nodes, in this order, and their model versions: listed even if some
+        never run (read only when the trace is shown: the request pays for two
+        references)."""
+        self.order = order
+        self.targets = targets
 
     def attempt(self, node: str, target: Any, number: int, params: Iterable[Any] = (),
                 item: int | None = None) -> Attempt:
@@ -187,22 +178,44 @@ class Trace:
         size = 0
         for p in params:
             size += len(p.value)
-        att = Attempt(node, number, time.perf_counter(), size, item)
-        self._node(node, target).attempts.append(att)
+        att = Attempt(node, target, number, time.perf_counter(), size, item)
+        self.attempts.append(att)
         return att
 
     def skip(self, node: str, reason: str, target: Any = None) -> None:
-        rec = self._node(node, target)
-        rec.skipped = True
-        rec.reason = reason
+        self.skips[node] = (reason, target)
 
     def finish(self, status: int, error: str = "", failed_node: str | None = None) -> None:
         self.ended = time.perf_counter()
         self.status = status
         self.error = error
         self.failed_node = failed_node
-        if failed_node:
-            self._node(failed_node).reason = self._node(failed_node).reason or error
+
+    @property
+    def nodes(self) -> dict[str, NodeRecord]:
+        """Every node: the expected ones in order, then any other that ran or was skipped."""
+        records: dict[str, NodeRecord] = {}
+
+        def record(name: str, target: Any) -> NodeRecord:
+            rec = records.get(name)
+            if rec is None:
+                rec = records[name] = NodeRecord(name, None, None)
+            if target is not None and rec.model is None:
+                rec.model = getattr(target, "name", None)
+                rec.version = getattr(target, "version", None)
+            return rec
+
+        for name in self.order:
+            record(name, self.targets.get(name))
+        for att in self.attempts:
+            record(att.node, att.target).attempts.append(att)
+        for name, (reason, target) in self.skips.items():
+            rec = record(name, target)
+            rec.skipped, rec.reason = True, reason
+        if self.failed_node:
+            rec = record(self.failed_node, None)
+            rec.reason = rec.reason or self.error
+        return records
 
     @property
     def total_s(self) -> float | None:
@@ -220,7 +233,7 @@ class Trace:
             out["failedNode"] = self.failed_node
         if self.otel_trace_id:
             out["otelTraceId"] = self.otel_trace_id
-        out["nodes"] = [rec.to_json(self.started) for rec in self._listed()]
+        out["nodes"] = [rec.to_json(self.started) for rec in self.nodes.values()]
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -234,15 +247,16 @@ class TraceRing:
 
     def __init__(self, size: int = DEFAULT_RING_SIZE):
         self.size = max(0, size)
-        self._traces: OrderedDict[str, Trace] = OrderedDict()
+        self._traces: dict[str, Trace] = {}  # oldest first (ids are unique)
 
     def add(self, trace: Trace) -> None:
         if self.size == 0:
             return
-        self._traces[trace.id] = trace
-        self._traces.move_to_end(trace.id)
-        while len(self._traces) > self.size:
-            self._traces.popitem(last=False)
+        traces = self._traces
+        traces.pop(trace.id, None)
+        traces[trace.id] = trace
+        if len(traces) > self.size:
+            del traces[next(iter(traces))]
 
     def get(self, kind: str, target: str, trace_id: str) -> Trace | None:
         trace = self._traces.get(trace_id)
