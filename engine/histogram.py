@@ -2,7 +2,10 @@
 
 ``observe`` is one bisect and two additions (no lock: the event loop is the only writer);
 buckets are turned into Prometheus' cumulative ``le`` series only at scrape time. The
-dashboard estimates a median from the same buckets (:func:`quantile`).
+hottest paths (every model call, every queued job) skip even the method call: they add to
+``counts[bisect_left(bounds, value)]`` themselves and take the sum from a total they keep
+anyway (``ModelStats.latency_us``, ``BatchQueue.queue_latency_s``). The dashboard
+estimates a median from the same buckets (:func:`quantile`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Histogram:
+    """Counts per bucket (``counts[i]``: values <= ``bounds[i]`` and above the bound before
+    it; the last one: above every bound), and their sum when fed through :meth:`observe`."""
+
     __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS_S):

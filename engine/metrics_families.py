@@ -27,10 +27,12 @@ from prometheus_client.metrics_core import Metric
 from .histogram import Histogram
 
 
-def _add_histogram(fam: Metric, labels: dict[str, str], hist: Histogram) -> None:
+def _add_histogram(fam: Metric, labels: dict[str, str], hist: Histogram,
+                   total: float | None = None) -> None:
+    """``total``: the sum of the observed values when it is kept outside ``hist``."""
     for le, count in hist.cumulative():
         fam.add_sample(fam.name + "_bucket", {**labels, "le": le}, count)
-    fam.add_sample(fam.name + "_sum", labels, hist.sum)
+    fam.add_sample(fam.name + "_sum", labels, hist.sum if total is None else total)
     fam.add_sample(fam.name + "_count", labels, sum(hist.counts))
 
 
@@ -65,8 +67,8 @@ def model_families(versions: list, workflows: Iterable) -> Iterator[Metric]:
                    "timeout, skipped, retried", "counter")
     for mv in versions:
         labels = model_labels(mv, node_of)
-        _add_histogram(latency, labels, mv.stats.latency)
-        _add_histogram(wait, labels, mv.queue.queue_wait)
+        _add_histogram(latency, labels, mv.stats.latency, mv.stats.latency_us / 1e6)
+        _add_histogram(wait, labels, mv.queue.queue_wait, mv.queue.queue_latency_s)
         _add_histogram(batch, labels, mv.queue.batch_sizes)
         for outcome, n in outcome_counts(mv.stats).items():
             calls.add_sample("dagserve_calls_total", {**labels, "outcome": outcome}, n)

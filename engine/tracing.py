@@ -298,7 +298,11 @@ class Tracer:
         self.always = exporter is not None  # every request is a span
 
     def wanted(self, headers: Any, query_string: str) -> bool:
-        return self.always or asked_for(headers, query_string)
+        if self.always:
+            return True
+        if TRACE_HEADER not in headers and "trace" not in query_string:
+            return False  # the common case, decided with two look-ups
+        return asked_for(headers, query_string)
 
     def begin(self, kind: str, target: str, request: Any, nodes: Iterable[str] = (),
               keep: bool = True) -> Trace:

@@ -38,7 +38,7 @@ class TraceNotFoundError(DagserveError):
 
 
 def _histogram(hist) -> dict:
-    return {"bounds": list(hist.bounds), "counts": list(hist.counts), "sum": hist.sum}
+    return {"bounds": list(hist.bounds), "counts": list(hist.counts)}
 
 
 def model_figures(mv) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections import deque
 
 from ..errors import ServiceUnavailableError
@@ -46,7 +47,7 @@ class BatchQueue:
         self._pump_scheduled = False
         self.queue_latency_s = 0.0  # summed over dispatched jobs, for metrics
         self.dispatched = 0
-        self.queue_wait = Histogram()  # seconds, per dispatched job
+        self.queue_wait = Histogram()  # seconds, per dispatched job; its sum: queue_latency_s
         self.batch_sizes = Histogram(BATCH_BUCKETS)  # per dispatched batch
 
     @property
@@ -136,7 +137,7 @@ class BatchQueue:
         pending, idle, room = self._pending, self._idle, self._room
         now = time.perf_counter()
         size = self.batch_size
-        observe_wait = self.queue_wait.observe
+        wait_counts, wait_bounds = self.queue_wait.counts, self.queue_wait.bounds
         while pending and (idle or (room and len(pending) >= size)):
             if len(pending) < size and self._wait_to_fill(now):
                 return
@@ -148,7 +149,7 @@ class BatchQueue:
                     batch.append(job)
                     wait = now - job.enqueued
                     self.queue_latency_s += wait
-                    observe_wait(wait)
+                    wait_counts[bisect_left(wait_bounds, wait)] += 1
                     traced = traced or job.probe is not None
             if not batch:
                 return
