@@ -32,11 +32,13 @@ def server(tmp_path_factory):
     models, wars = work / "model_store", work / "wf_store"
     models.mkdir()
     handler_archive("echo", "echo_handler.py", models)
+    handler_archive("errors", "errors_handler.py", models)
     for name, spec in SPECS.items():
         build_war(wars, name, spec, WF_HANDLER, handler_file="wf_handler.py")
     with start_server(work, model_store=models, config={"trace_ring_size": RING},
                       args=["--workflow-store", str(wars), "--disable-token-auth", "--ncs",
-                            "--models", "echo=echo.mar", "--workflows", "all"],
+                            "--models", "echo=echo.mar", "errors=errors.mar",
+                            "--workflows", "all"],
                       env={"WF_SLOW_S": "1.5"}, timeout=120) as srv:
         yield srv
 
@@ -122,6 +124,19 @@ def test_failed_request_is_traced_without_asking(server):
     assert failed["reason"] == t["error"]
     listed = requests.get(f"{server.management_url}/workflows/failing/traces", timeout=10)
     assert listed.json()["traces"][0]["failedNode"] == "always_fail"
+
+
+def test_failed_predictions_and_bad_bodies_are_traced_without_asking(server):
+    r = requests.post(f"{server.inference_url}/predictions/errors", data=b"generic",
+                      headers=TEXT, timeout=30)
+    assert r.status_code >= 500
+    t = trace_of(server, "models", "errors", r.headers["X-Dagserve-Trace-Id"]).json()
+    assert (t["status"], t["failedNode"]) == (r.status_code, "errors")
+    bad = requests.post(f"{server.inference_url}/wfpredict/chain", data=b"no parts",
+                        headers={"Content-Type": "multipart/form-data; boundary=x"}, timeout=30)
+    assert bad.status_code == 400
+    t = trace_of(server, "workflows", "chain", bad.headers["X-Dagserve-Trace-Id"]).json()
+    assert t["status"] == 400 and t["error"] == bad.json()["message"]
 
 
 def test_timeout_is_an_attempt_outcome_and_a_metric(server):
@@ -221,7 +236,7 @@ def test_dashboard_page_and_data(server):
     script = requests.get(f"{server.management_url}/dashboard/dashboard.js", timeout=10)
     assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
     data = requests.get(f"{server.management_url}/dashboard/data", timeout=10).json()
-    assert [m["model"] for m in data["models"]] == ["echo"]
+    assert [m["model"] for m in data["models"]] == ["echo", "errors"]  # not node models
     chain = next(w for w in data["workflows"] if w["name"] == "chain")
     assert set(chain["nodes"]) == {"pre", "echo", "post"}
     assert chain["nodes"]["echo"]["calls"] >= 1

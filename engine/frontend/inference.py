@@ -30,7 +30,8 @@ from ..tracing import Tracer
 from .http_input import read_params
 from .openapi import inference_openapi
 from .responses import handler_response, json_response
-from .traced import drop_query_flag, failed_reply, traced_predict, traced_workflow
+from .traced import (drop_query_flag, failed_answer, failed_reply, traced_predict,
+                     traced_workflow)
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
@@ -65,13 +66,16 @@ class InferenceRoutes:
     async def predict(self, request: web.BaseRequest, model: str, version: str | None,
                       explain: bool = False) -> web.Response:
         mv = self.registry.get(model, version)
-        mv.pool.check_can_serve()
         start = time.perf_counter()
-        headers = dict(request.headers)
-        if explain:
-            headers["explain"] = "True"
-        req = Request(request["request_id"], await read_params(request), headers)
         tracer = self.tracer
+        try:
+            mv.pool.check_can_serve()
+            headers = dict(request.headers)
+            if explain:
+                headers["explain"] = "True"
+            req = Request(request["request_id"], await read_params(request), headers)
+        except DagserveError as exc:  # no worker, a malformed body: failed, so traced
+            return failed_reply(tracer, "model", mv.name, request["request_id"], start, exc)
         if tracer.wanted(request.headers, request.query_string):
             drop_query_flag(req, request.query_string)
             return await traced_predict(tracer, mv, req, self._reply)
@@ -79,6 +83,8 @@ class InferenceRoutes:
         try:
             resp = await mv.queue.submit(req)
             status = resp.code
+            if status >= 400:  # the handler answered an error: failed, so traced
+                return failed_answer(tracer, mv.name, req.id, start, resp, self._reply)
             return self._reply(resp)
         except DagserveError as exc:
             status = exc.status
@@ -93,12 +99,16 @@ class InferenceRoutes:
         self.registry.workflow(workflow)  # 404 before reading the body
         if self.run_workflow is None:
             raise ResourceNotFoundError()
-        req = Request(request["request_id"], await read_params(request), dict(request.headers))
+        start = time.perf_counter()
         tracer = self.tracer
+        try:
+            params = await read_params(request)
+        except DagserveError as exc:
+            return failed_reply(tracer, "workflow", workflow, request["request_id"], start, exc)
+        req = Request(request["request_id"], params, dict(request.headers))
         if tracer.wanted(request.headers, request.query_string):
             drop_query_flag(req, request.query_string)
             return await traced_workflow(tracer, workflow, req, self.run_workflow, self._reply)
-        start = time.perf_counter()
         try:
             return self._reply(await self.run_workflow(workflow, req))
         except DagserveError as exc:

@@ -44,6 +44,16 @@ def failed_reply(tracer: Tracer, kind: str, target: str, request_id: str, starte
     return error_reply(exc, trace.id)
 
 
+def failed_answer(tracer: Tracer, model: str, request_id: str, started: float,
+                  resp: Response, reply: Reply) -> web.Response:
+    """An untraced prediction whose handler answered an error: kept like a failure."""
+    trace = tracer.failed("model", model, request_id, started, resp.code,
+                          resp.message or f"status {resp.code}", model)
+    answer = reply(resp)
+    answer.headers[TRACE_ID_HEADER] = trace.id
+    return answer
+
+
 async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply) -> web.Response:
     """``/predictions`` of one model version as a trace with one node (the model)."""
     trace = tracer.begin("model", mv.name, req)
