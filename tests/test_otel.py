@@ -5,6 +5,8 @@ bodies decoded with opentelemetry-proto."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -187,3 +189,42 @@ def test_server_exports_spans_to_an_otlp_receiver(tmp_path):
     resource = receiver.requests[0].resource_spans[0].resource
     names = [kv.value.string_value for kv in resource.attributes if kv.key == "service.name"]
     assert names == ["dagserve-test"]
+
+
+# -- configuration ------------------------------------------------------------------------
+
+def test_endpoint_from_config_or_environment(tmp_path):
+    from dagserve.engine.config import load_config
+    from dagserve.engine.errors import ConfigError
+    from dagserve.engine.tracing import tracer_for
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    cfg = load_config(environ=env, workdir=tmp_path)
+    assert cfg.otel_exporter_otlp_endpoint == "http://127.0.0.1:4318"
+    props = tmp_path / "config.properties"
+    props.write_text("otel_exporter_otlp_endpoint=http://127.0.0.1:9999\ntrace_ring_size=7\n")
+    cfg = load_config(config_file=props, environ=env, workdir=tmp_path)
+    assert cfg.otel_exporter_otlp_endpoint == "http://127.0.0.1:9999"  # the file wins
+    tracer = tracer_for(cfg)
+    try:
+        assert tracer.always and tracer.ring.size == 7
+        assert tracer.exporter.provider.resource.attributes["service.name"] == "dagserve"
+    finally:
+        tracer.close()
+    props.write_text("trace_ring_size=-1\n")
+    with pytest.raises(ConfigError, match="trace_ring_size"):
+        load_config(config_file=props, environ={}, workdir=tmp_path)
+
+
+def test_nothing_of_opentelemetry_is_imported_when_off():
+    code = ("import sys\n"
+            "from dagserve.engine.config import Config\n"
+            "from dagserve.engine.tracing import tracer_for\n"
+            "from dagserve.engine.frontend import inference, observe_routes\n"
+            "tracer = tracer_for(Config())\n"
+            "assert not tracer.always and tracer.exporter is None\n"
+            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
