@@ -304,6 +304,11 @@ class Tracer:
             return False  # the common case, decided with two look-ups
         return asked_for(headers, query_string)
 
+    def keeps(self, headers: Any, query_string: str) -> bool:
+        """Whether the trace of a request the tracer follows goes to the ring: always when
+        it asked; when every request is exported, only those that asked (and failures)."""
+        return not self.always or asked_for(headers, query_string)
+
     def begin(self, kind: str, target: str, request: Any, nodes: Iterable[str] = (),
               keep: bool = True) -> Trace:
         """A trace for ``request`` (a messages.Request: its id becomes the trace id; with

@@ -176,10 +176,19 @@ def test_server_exports_spans_to_an_otlp_receiver(tmp_path):
         # the handler read the trace id the request continued, passed on to its worker
         assert r.text == PARENT_TRACE
         assert wait_until(lambda: len(receiver.spans()) >= 3, timeout=20)
+        # exported, but not asked for: not kept in the ring
+        kept = requests.get(f"{server.management_url}/workflows/tid/traces", timeout=10)
+        assert kept.json()["traces"] == []
+        asked = requests.post(f"{server.inference_url}/wfpredict/tid?trace=true", data=b"x",
+                              timeout=30)
+        kept = requests.get(f"{server.management_url}/workflows/tid/traces", timeout=10)
+        assert [t["traceId"] for t in kept.json()["traces"]] == \
+            [asked.headers["X-Dagserve-Trace-Id"]]
     spans = receiver.spans()
     root = next(s for s in spans if s.name == "workflow tid")
     assert root.trace_id.hex() == PARENT_TRACE and root.parent_span_id.hex() == PARENT_SPAN
-    children = {attrs(s)["dagserve.node"]: s for s in spans if s.name.startswith("node ")}
+    children = {attrs(s)["dagserve.node"]: s for s in spans
+                if s.name.startswith("node ") and s.trace_id == root.trace_id}
     assert set(children) == {"pre", "echo"}
     for node, span in children.items():
         assert span.parent_span_id == root.span_id and span.trace_id == root.trace_id

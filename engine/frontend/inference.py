@@ -78,7 +78,8 @@ class InferenceRoutes:
             return failed_reply(tracer, "model", mv.name, request["request_id"], start, exc)
         if tracer.wanted(request.headers, request.query_string):
             drop_query_flag(req, request.query_string)
-            return await traced_predict(tracer, mv, req, self._reply)
+            return await traced_predict(tracer, mv, req, self._reply,
+                                        tracer.keeps(request.headers, request.query_string))
         status = 500
         try:
             resp = await mv.queue.submit(req)
@@ -108,7 +109,8 @@ class InferenceRoutes:
         req = Request(request["request_id"], params, dict(request.headers))
         if tracer.wanted(request.headers, request.query_string):
             drop_query_flag(req, request.query_string)
-            return await traced_workflow(tracer, workflow, req, self.run_workflow, self._reply)
+            return await traced_workflow(tracer, workflow, req, self.run_workflow, self._reply,
+                                         tracer.keeps(request.headers, request.query_string))
         try:
             return self._reply(await self.run_workflow(workflow, req))
         except DagserveError as exc:

@@ -54,9 +54,11 @@ def failed_answer(tracer: Tracer, model: str, request_id: str, started: float,
     return answer
 
 
-async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply) -> web.Response:
-    """``/predictions`` of one model version as a trace with one node (the model)."""
-    trace = tracer.begin("model", mv.name, req)
+async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply,
+                         keep: bool = True) -> web.Response:
+    """``/predictions`` of one model version as a trace with one node (the model);
+    ``keep``: put it in the ring even if it succeeds."""
+    trace = tracer.begin("model", mv.name, req, keep=keep)
     probe = trace.attempt(mv.name, mv, 1, req.params)
     status, error = 500, ""
     try:
@@ -83,9 +85,9 @@ async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply) -> web.
 
 async def traced_workflow(tracer: Tracer, name: str, req: Request,
                           run: Callable[..., Awaitable[Response]],
-                          reply: Reply) -> web.Response:
+                          reply: Reply, keep: bool = True) -> web.Response:
     """``/wfpredict``: the scheduler records each node attempt in the trace."""
-    trace = tracer.begin("workflow", name, req)
+    trace = tracer.begin("workflow", name, req, keep=keep)
     status, error, node = 500, "request cancelled", None
     try:
         resp = await run(name, req, trace)

@@ -8,7 +8,7 @@
 const params = new URLSearchParams(location.search);
 const REFRESH_MS = Math.max(500, Number(params.get("refresh")) || 3000);
 const SVG_NS = "http://www.w3.org/2000/svg";
-const BOX_W = 190, BOX_H = 58, GAP_X = 40, GAP_Y = 46, PAD = 16;
+const BOX_W = 220, BOX_H = 58, GAP_X = 40, GAP_Y = 46, PAD = 16;
 
 if (params.get("token")) sessionStorage.setItem("dagserveKey", params.get("token"));
 let previous = null;        // the last /dashboard/data answer, for rates and live medians
