@@ -180,6 +180,7 @@ class _FlowRun:
             self.record.skipped[name] = f"when {flow.when.text!r} was false"
             return
         self.record.running.add(name)
+        stopped = False
         try:
             if flow is not None and flow.foreach is not None:
                 resp = await self.run_foreach(node, flow, self.input_json(node, ran, "foreach"))
@@ -198,8 +199,12 @@ class _FlowRun:
                 return
             self.record.failed[name] = exc.reason
             resp = Response(self.request.id, 200, json.dumps(flow.default).encode(), JSON)
+        except anyio.get_cancelled_exc_class():
+            stopped = True  # the request was stopped (deadline) while this node ran
+            raise
         finally:
-            self.record.running.discard(name)
+            if not stopped:
+                self.record.running.discard(name)
         self.outputs[name] = resp
         self.record.ran.append(name)
 

@@ -105,6 +105,10 @@ def _node_flow(node: str, entry: dict[str, Any], doc: LocatedDocument, *, is_sta
         problems.append(doc.problem(base + ("foreach",), "the start node cannot have "
                                     "'foreach': its input is the request's raw body; add a "
                                     "node before it that parses the list", node=node))
+    if "foreach" in entry and "inputs" in entry:
+        problems.append(doc.problem(base + ("inputs",), "a 'foreach' node receives each item "
+                                    "as its body; it cannot also have 'inputs' (select what "
+                                    "the items need in the foreach expression)", node=node))
     max_items = entry.get("max-items", DEFAULT_MAX_ITEMS)
     if "max-items" in entry and "foreach" not in entry:
         problems.append(doc.problem(base + ("max-items",), "'max-items' limits a 'foreach': "
