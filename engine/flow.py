@@ -28,6 +28,7 @@ from .scheduler import NodeFailed, NodePlan, Plan, call_node, first_failure, mer
 
 TIMEOUT_HEADERS = ("X-Request-Timeout-Ms", "x-request-timeout-ms")
 JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
 
 
 class DeadlineExceededError(DagserveError):
@@ -102,17 +103,20 @@ async def run_flow(flow: FlowPlan, targets: dict, request: Request,
                                 f"still running: {running}")
 
 
-def request_body(request: Request) -> bytes:
+def request_param(request: Request) -> Param:
     """The request as sent: a raw body, else the ``data`` field, else the first field."""
     for param in request.params:
         if param.name in ("body", "data"):
-            return param.value
-    return request.params[0].value if request.params else b""
+            return param
+    return request.params[0] if request.params else Param("body", None, b"")
 
 
-def item_bytes(item: Any) -> bytes:
-    """A foreach item as a job's body: a string as UTF-8, anything else as its JSON."""
-    return item.encode() if isinstance(item, str) else json.dumps(item).encode()
+def item_param(item: Any) -> Param:
+    """A foreach item as a job's body: a string as UTF-8 text, anything else as its JSON;
+    typed, so a handler gets a str or the parsed value as TorchServe decodes a request."""
+    if isinstance(item, str):
+        return Param("body", TEXT, item.encode())
+    return Param("body", JSON, json.dumps(item).encode())
 
 
 def _as_json_or_text(raw: bytes) -> Any:
@@ -212,7 +216,8 @@ class _FlowRun:
         """An output (or ``$request``) as JSON, for an expression; parsed once per request."""
         if source in self._parsed:
             return self._parsed[source]
-        raw = request_body(self.request) if source == "$request" else self.outputs[source].value
+        raw = request_param(self.request).value if source == "$request" \
+            else self.outputs[source].value
         try:
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -230,24 +235,26 @@ class _FlowRun:
 
     def params(self, node: NodePlan, ran: list[str], flow) -> list[Param]:
         if flow is not None and flow.inputs:
-            return [Param(entry.name, None, value) for entry in flow.inputs
-                    if (value := self.entry_bytes(node.name, entry)) is not None]
+            return [param for entry in flow.inputs
+                    if (param := self.entry_param(node.name, entry)) is not None]
         if not node.parents:
             return self.request.params
         if len(node.parents) == 1:
             return [Param("body", None, self.outputs[node.parents[0]].value)]
         return [Param(p, None, self.outputs[p].value) for p in ran]
 
-    def entry_bytes(self, node: str, entry) -> bytes | None:
-        """One ``inputs`` entry; None when its source node was skipped."""
+    def entry_param(self, node: str, entry) -> Param | None:
+        """One ``inputs`` entry: the request as sent (with its content type), an ancestor's
+        bytes, or the JSON of a selection; None when its source node was skipped."""
         if entry.source != "$request" and entry.source not in self.outputs:
             return None
         if entry.select is not None:
             selected = entry.select.search(self.parsed(entry.source, node, "select"))
-            return json.dumps(selected).encode()
+            return Param(entry.name, JSON, json.dumps(selected).encode())
         if entry.source == "$request":
-            return request_body(self.request)
-        return self.outputs[entry.source].value
+            sent = request_param(self.request)
+            return Param(entry.name, sent.content_type, sent.value)
+        return Param(entry.name, None, self.outputs[entry.source].value)
 
     async def run_foreach(self, node: NodePlan, flow, value: Any) -> Response:
         items = flow.foreach.search(value)
@@ -264,8 +271,7 @@ class _FlowRun:
         target = self.targets[node.name]
 
         async def one(index: int, item: Any) -> None:
-            resp = await call_node(node, target, self.request,
-                                   [Param("body", None, item_bytes(item))])
+            resp = await call_node(node, target, self.request, [item_param(item)])
             results[index] = _as_json_or_text(resp.value)
 
         if items:
