@@ -89,6 +89,7 @@ def archives() -> list[Archive]:
     probs_config = IMAGE / "model-config-probs.yaml"
     shapes_chain = WORKFLOWS / "shapes_chain"
     ensemble = WORKFLOWS / "shapes_ensemble"
+    scene, router = WORKFLOWS / "shapes_scene", WORKFLOWS / "shapes_router"
     return [
         # The shapes CNN, eager (model.py + state dict): /predictions/shapes, shapes_chain.
         _mar("shapes", "image_classifier", model_file=IMAGE / "model.py",
@@ -109,6 +110,11 @@ def archives() -> list[Archive]:
              shapes_chain / "shapes_chain_handler.py", (WORKFLOWS / "image_input.py",)),
         _war("shapes_ensemble", ensemble / "shapes_ensemble.yaml",
              ensemble / "shapes_ensemble_handler.py", (WORKFLOWS / "image_input.py",)),
+        # dagserve's own keys (docs/workflows.md); both share the registered shapes model.
+        _war("shapes_scene", scene / "shapes_scene.yaml", scene / "shapes_scene_handler.py",
+             (WORKFLOWS / "image_input.py", scene / "detector.py")),
+        _war("shapes_router", router / "shapes_router.yaml",
+             router / "shapes_router_handler.py", (WORKFLOWS / "image_input.py",)),
         _war("text_intent", TEXT / "text_intent.yaml", TEXT / "text_intent_handler.py",
              extra=(TEXT / "build" / "intent_index.json",), text=True),
     ]
