@@ -16,6 +16,7 @@ What happened to each node is kept in one :class:`RunRecord` per request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,30 +140,61 @@ class _FlowRun:
         self._parsed: dict[str, Any] = {}
 
     async def run(self) -> Response:
-        waiting = {name: len(n.parents) for name, n in self.nodes.items()}
+        plan = self.flow.plan
+        if plan.chain is not None:  # one path: no task group, as the fast path
+            for node in plan.chain:
+                if not self.skipped(node):
+                    await self.execute(node)
+            return self.answer()
+        self.waiting = {name: len(n.parents) for name, n in self.nodes.items()}
+        await self.execute(self.nodes[plan.start])
+        forks = await self.run_from(plan.start, None)
+        if forks:  # several nodes to run at once: only now is a task group worth its cost
+            try:
+                async with anyio.create_task_group() as tg:
+                    for name in forks:
+                        tg.start_soon(self.run_from_new, name, tg)
+            except BaseExceptionGroup as group:
+                failed = group.subgroup(NodeFailed)
+                if failed is not None:
+                    raise first_failure(failed) from None
+                raise
+        return self.answer()
 
-        async def run_from(name: str) -> None:
-            while True:  # this node, then its first ready child in the same task
-                await self.visit(self.nodes[name])
-                ready = []
-                for child in self.nodes[name].children:
-                    waiting[child] -= 1
-                    if waiting[child] == 0:
-                        ready.append(child)
-                if not ready:
-                    return
-                for child in ready[1:]:
-                    tg.start_soon(run_from, child)
-                name = ready[0]
+    async def run_from_new(self, name: str, tg) -> None:
+        await self.execute(self.nodes[name])
+        await self.run_from(name, tg)
 
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run_from, self.flow.plan.start)
-        except BaseExceptionGroup as group:
-            failed = group.subgroup(NodeFailed)
-            if failed is not None:
-                raise first_failure(failed) from None
-            raise
+    async def run_from(self, name: str, tg) -> list[str]:
+        """After ``name`` ran: run its one runnable child in this task, and so on. Where
+        several become runnable, start the others in ``tg``; without a task group yet,
+        return them all (the caller makes one)."""
+        while True:
+            runnable = self.release_children(name)
+            if not runnable:
+                return []
+            if len(runnable) > 1 and tg is None:
+                return runnable
+            for child in runnable[1:]:
+                tg.start_soon(self.run_from_new, child, tg)
+            name = runnable[0]
+            await self.execute(self.nodes[name])
+
+    def release_children(self, name: str) -> list[str]:
+        """Children of ``name`` whose parents are all done and that will run; those that
+        are skipped are decided here, at once, and release their own children."""
+        runnable = []
+        for child in self.nodes[name].children:
+            self.waiting[child] -= 1
+            if self.waiting[child] == 0:
+                if self.skipped(self.nodes[child]):
+                    runnable += self.release_children(child)
+                else:
+                    runnable.append(child)
+        return runnable
+
+    def answer(self) -> Response:
+        """The nodes that ran and none of whose children ran: one as it is, several merged."""
         outputs = self.outputs
         answer = [n for n in self.flow.order if n in outputs
                   and not any(c in outputs for c in self.nodes[n].children)]
@@ -172,17 +204,24 @@ class _FlowRun:
 
     # -- one node ------------------------------------------------------------------------
 
-    async def visit(self, node: NodePlan) -> None:
-        name = node.name
+    def skipped(self, node: NodePlan) -> bool:
+        """Decide (once its parents are done) whether ``node`` is skipped, and record why."""
         ran = [p for p in node.parents if p in self.outputs]
         if node.parents and not ran:
-            self.record.skipped[name] = "all its parents were skipped"
-            return
-        flow = self.flow.flows.get(name)
+            self.record.skipped[node.name] = "all its parents were skipped"
+            return True
+        flow = self.flow.flows.get(node.name)
         if flow is not None and flow.when is not None \
                 and not flow.when.test(self.input_json(node, ran, "when")):
-            self.record.skipped[name] = f"when {flow.when.text!r} was false"
-            return
+            self.record.skipped[node.name] = f"when {flow.when.text!r} was false"
+            return True
+        return False
+
+    async def execute(self, node: NodePlan) -> None:
+        """Run a node that is not skipped: its foreach or its one call, then on-error."""
+        name = node.name
+        ran = [p for p in node.parents if p in self.outputs]
+        flow = self.flow.flows.get(name)
         self.record.running.add(name)
         stopped = False
         try:
@@ -275,14 +314,13 @@ class _FlowRun:
             results[index] = _as_json_or_text(resp.value)
 
         if items:
+            # every item is submitted before the queue's next pump, so they batch together;
+            # plain tasks (cheaper than a task group's), all cancelled if one fails for good
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(one(index, item)) for index, item in enumerate(items)]
             try:
-                # every item is submitted before the queue's next pump: they batch together
-                async with anyio.create_task_group() as tg:
-                    for index, item in enumerate(items):
-                        tg.start_soon(one, index, item)
-            except BaseExceptionGroup as group:
-                failed = group.subgroup(NodeFailed)
-                if failed is not None:
-                    raise first_failure(failed) from None
-                raise
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
         return Response(self.request.id, 200, json.dumps(results).encode(), JSON)
