@@ -282,3 +282,34 @@ def test_versions(server):
                            timeout=30).status_code == 200
     assert wfpredict(server, "ver/1.0", "a").status_code == 404
     assert wfpredict(server, "ver", "c", {"Content-Type": "text/plain"}).text == "tag(c)"
+
+
+def test_versions_and_shared_models_survive_a_killed_server(tmp_path):
+    models, wars = tmp_path / "model_store", tmp_path / "wf_store"
+    models.mkdir()
+    wars.mkdir()
+    handler_archive("echo", "echo_handler.py", models)
+    for name in ("shared", "fallback"):
+        assert build_war(wars, name, SPECS[name], handler=HANDLER).returncode == 0
+    args = ["--workflow-store", str(wars), "--disable-token-auth", "--enable-model-api"]
+    first = start_server(tmp_path, model_store=models, args=args, timeout=120)
+    try:
+        assert requests.post(first.management_url + "/models",
+                             params={"url": "echo.mar", "initial_workers": 1},
+                             timeout=120).status_code == 200
+        assert register(first, "shared.war", workflow_name="wf").status_code == 200
+        assert register(first, "fallback.war", workflow_name="wf",
+                        version="2.0").status_code == 200
+        assert requests.put(first.management_url + "/workflows/wf/2.0/set-default",
+                            timeout=10).status_code == 200
+    finally:
+        first.kill()
+    with start_server(tmp_path, model_store=models, args=args, timeout=120) as second:
+        assert wfpredict(second, "wf", {"x": 1}).json() == {"fallback": True}  # 2.0, default
+        assert wfpredict(second, "wf/1.0", "y", {"Content-Type": "text/plain"}).text == \
+            "tag(y)"  # through the shared echo model
+        r = requests.delete(second.management_url + "/models/echo", timeout=30)
+        assert r.status_code == 409 and "wf/1.0" in r.json()["message"]
+        desc = requests.get(second.management_url + "/workflows/wf/all", timeout=10).json()
+        assert {d["workflowVersion"]: d["isDefault"] for d in desc} == {"1.0": False,
+                                                                        "2.0": True}
