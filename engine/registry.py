@@ -70,10 +70,12 @@ class WorkflowEntry:
     compiled: Any  # dagserve.workflows.CompiledWorkflow
     workflow_dir: Path
     node_models: dict[str, ModelVersion]  # dag node name -> its model (function nodes too)
-    spec_settings: dict[str, Any] = field(default_factory=dict)
+    plan: Any  # scheduler.Plan: what a request runs, built once at registration
     version: str = DEFAULT_WORKFLOW_VERSION
     shared: dict[str, ModelVersion] = field(default_factory=dict)  # `model:` nodes, not owned
-    runnable: Any = None  # what a request needs (workflow_manager.RunnableWorkflow)
+    targets: dict[str, ModelVersion] = field(default_factory=dict)  # node_models + shared
+    flow: Any = None  # flow.FlowPlan: the general path (new keys, or a request's deadline)
+    general: bool = False  # the spec uses the new keys: every request takes the general path
 
 
 class Registry:

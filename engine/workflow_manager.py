@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from dagserve.archiver import ArchiveError, read_workflow_manifest
+from dagserve.archiver import read_workflow_manifest
+from dagserve.archiver.handler_names import parse_handler
 from dagserve.workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
                        load_spec)
 
@@ -25,16 +25,6 @@ from .shared_models import resolve_shared
 from .messages import Request, Response
 
 log = logging.getLogger("dagserve.workflows")
-
-
-@dataclass
-class RunnableWorkflow:
-    """What a request needs: the plan and each node's model, resolved once."""
-
-    plan: Plan
-    targets: dict[str, ModelVersion]
-    flow: FlowPlan
-    general: bool  # the spec uses the new keys: every request takes the general path
 
 
 def node_model_name(workflow: str, node: str) -> str:
@@ -54,12 +44,12 @@ class WorkflowManager:
             self.registry.workflow(name, version)
         if entry is None:
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
-        runnable: RunnableWorkflow = entry.runnable  # this version, to the end of the request
+        # ``entry`` is this version, to the end of the request, whatever the default becomes
         try:
-            deadline = request_deadline_ms(request.headers, runnable.flow.deadline_ms)
-            if deadline is None and not runnable.general:
-                return await run_plan(runnable.plan, runnable.targets, request)
-            return await run_flow(runnable.flow, runnable.targets, request, deadline)
+            deadline = request_deadline_ms(request.headers, entry.flow.deadline_ms)
+            if deadline is None and not entry.general:  # TorchServe's specs: the fast paths
+                return await run_plan(entry.plan, entry.targets, request)
+            return await run_flow(entry.flow, entry.targets, request, deadline)
         except NodeFailed as exc:
             if exc.status < 500:  # the node refused its input: keep its status and say so
                 raise PredictionError(str(exc), exc.status) from None
@@ -70,19 +60,11 @@ class WorkflowManager:
     async def register(self, url: str, name: str | None = None,
                        version: str | None = None) -> WorkflowEntry:
         version = version or DEFAULT_WORKFLOW_VERSION
-        archive, temporary = await self.models.fetch(url, self.cfg.workflow_store)
+        wf_dir, manifest = await self.models.intake.receive(
+            url, self.cfg.workflow_store, read_workflow_manifest, "workflow")
         try:
-            wf_dir = await self.models.unpack(archive, Path(url).stem)
-        finally:
-            if temporary:
-                shutil.rmtree(archive.parent, ignore_errors=True)
-        try:
-            manifest = read_workflow_manifest(wf_dir)
             name = name or manifest.workflow_name
             self.registry.reserve_workflow(name, version)
-        except ArchiveError as exc:
-            shutil.rmtree(wf_dir, ignore_errors=True)
-            raise BadRequestError(f"Invalid workflow archive {url}: {exc}") from None
         except BaseException:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
@@ -96,10 +78,10 @@ class WorkflowManager:
             raise
         plan = Plan.from_compiled(compiled)
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
-                              node_models=nodes, version=version, shared=shared,
-                              runnable=RunnableWorkflow(plan, {**nodes, **shared},
-                                                        FlowPlan.from_compiled(compiled, plan),
-                                                        compiled.uses_flow))
+                              node_models=nodes, plan=plan, version=version, shared=shared,
+                              targets={**nodes, **shared},
+                              flow=FlowPlan.from_compiled(compiled, plan),
+                              general=compiled.uses_flow)
         self.registry.add_workflow(entry)
         self.models.on_change()
         return entry
@@ -135,10 +117,10 @@ class WorkflowManager:
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
                                 owner=name, version=version)
             if compiled.graph.nodes[node]["kind"] == "model":
-                mv, _ = await self.models.register(compiled.models[node].url, opts,
+                mv = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)
             else:
-                mv, _ = await self.models.register_dir(
+                mv = await self.models.register_dir(
                     f"{name}:{node}", wf_dir, opts, name=opts.model_name or node, version=version,
                     runtime="python", handler=f"{Path(handler_file_name(handler)).stem}:{node}",
                     manifest={}, owns_dir=False)
@@ -192,15 +174,6 @@ class WorkflowManager:
             except DagserveError as exc:
                 log.error("could not load workflow %s at start: %s", url, exc.message)
 
-    def snapshot_entries(self) -> list[dict]:
-        return [{"name": e.name, "url": e.url, "version": e.version,
-                 "default": self.registry.workflows.get(e.name) is e,
-                 "sharedModels": {node: f"{mv.name}/{mv.version}"
-                                  for node, mv in e.shared.items()},
-                 "nodes": {node: {"minWorkers": mv.min_workers, "maxWorkers": mv.max_workers}
-                           for node, mv in e.node_models.items()}}
-                for e in self.registry.all_workflow_versions()]
-
     async def restore(self, entries: list[dict]) -> None:
         """Register every version again (the models they share are restored before), then
         give each name the default it had."""
@@ -246,5 +219,4 @@ class WorkflowManager:
 
 def handler_file_name(handler: str) -> str:
     """The manifest's handler (``wf_handler.py`` or ``wf_handler``) as a file name."""
-    base = handler.split(":", 1)[0]
-    return base if base.endswith(".py") else base + ".py"
+    return parse_handler(handler).file_name
