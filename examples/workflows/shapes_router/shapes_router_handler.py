@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from image_input import image_bytes
+from node_output import parse_json_output
 
 CORNERS = {"square": 4, "triangle": 3, "star": 10, "cross": 12}
 
@@ -18,7 +19,7 @@ def pre_processing(data: list[dict] | None, context) -> list[bytes] | None:
 
 
 def _best(row: dict) -> tuple[str, float]:
-    scores = json.loads(row["body"])
+    scores = parse_json_output(row.get("body"), "branch", "the classifier's answer")
     label = next(iter(scores))
     return label, scores[label]
 

@@ -15,27 +15,16 @@ import json
 from collections import Counter
 
 from PIL import Image
-from ts.utils.util import PredictionException
 
 from detector import detect as find_shapes
 from image_input import image_bytes
+from node_output import parse_json_output
 
 
 def detect(data: list[dict] | None, context) -> list[str] | None:
     if data is None:
         return None
     return [json.dumps(find_shapes(image_bytes(row, idx))) for idx, row in enumerate(data)]
-
-
-def _json(value, what: str):
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise PredictionException(f"summary: {what} is not JSON", 502) from None
-    return value
 
 
 def summary(data: list[dict] | None, context) -> list[str] | None:
@@ -48,8 +37,8 @@ def summary(data: list[dict] | None, context) -> list[str] | None:
             picture = image_bytes({"body": picture}, 0)
         with Image.open(io.BytesIO(bytes(picture))) as image:
             size, kind = list(image.size), image.format
-        boxes = _json(row.get("boxes", "[]"), "boxes")
-        labels = _json(row.get("labels", "[]"), "labels")
+        boxes = parse_json_output(row.get("boxes", "[]"), "summary", "boxes")
+        labels = parse_json_output(row.get("labels", "[]"), "summary", "the classifier's labels")
         objects = []
         for box, scores in zip(boxes, labels):
             label = max(scores, key=scores.get)
