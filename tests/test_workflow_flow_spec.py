@@ -61,6 +61,10 @@ workflow:
     assert (summary.on_error, summary.default) == ("default", [])
     described = compiled.to_json()
     assert described["conditions"] == {"breed": "label == 'dog' && score > `0.6`"}
+    assert described["conditionalEdges"] == [["router", "breed"]]
+    assert described["inputsEdges"] == [["$request", "summarize", "image"],
+                                        ["classifier", "summarize", "labels"],
+                                        ["detector", "summarize", "boxes"]]
     assert described["sharedModels"] == {"classifier": "shapes"}
 
 
@@ -159,3 +163,18 @@ def test_workflow_archiver_refuses_a_bad_expression(tmp_path):
     assert "spec.yaml:13:" in result.stderr and "node 'breed'" in result.stderr
     assert "JMESPath" in result.stderr
     assert not (tmp_path / "bad.war").exists()
+
+
+@pytest.mark.parametrize("written, col", [
+    ("when: label == `1", 11 + 9),          # plain: the backquote at offset 9
+    ("when: 'label == `1'", 11 + 1 + 9),     # single-quoted: one more for the quote
+])
+def test_the_column_counts_the_quote(written, col):
+    found = problems(f"nodes:\n  breed:\n    {written}\n")
+    assert [(line, c) for line, c, _, _ in found] == [(13, col)]
+
+
+def test_a_block_scalar_error_stays_at_the_scalar_with_its_column_in_the_message():
+    found = problems("nodes:\n  breed:\n    when: |\n      label ==\n")
+    (line, col, node, message), = found
+    assert (line, node) == (13, "breed") and "ends too early" in message

@@ -162,10 +162,13 @@ class CompiledWorkflow:
         return described
 
     def _flow_summary(self) -> dict[str, Any]:
-        """The new keys at a glance: conditional nodes, foreach nodes, inputs edges (each
-        ``[source, node, entry]``), shared models, deadline."""
+        """The new keys at a glance: conditional nodes and the edges that may be skipped,
+        foreach nodes, inputs edges (each ``[source, node, entry]``), shared models,
+        deadline."""
         summary: dict[str, Any] = {
             "conditions": {n: f.when.text for n, f in self.flows.items() if f.when},
+            "conditionalEdges": [[a, b] for a, b in self.edges
+                                 if b in self.flows and self.flows[b].when],
             "foreach": {n: f.foreach.text for n, f in self.flows.items() if f.foreach},
             "inputsEdges": [[e.source, n, e.name] for n, f in self.flows.items()
                             for e in f.inputs],
