@@ -28,6 +28,7 @@ from .models import ModelManager, ModelOptions
 from .registry import Registry
 from .snapshot import SnapshotManager
 from .tasks import TaskOwner
+from .workers.launch import ForkServerLauncher, SubprocessLauncher
 from .workers.pool import DeviceAllocator, visible_gpu_count
 from .workflow_manager import WorkflowManager
 
@@ -62,10 +63,12 @@ class Runtime:
             registry = Registry()
             metrics = MetricsCollector(registry, log=logs.metrics)
             snapshots = SnapshotManager(cfg, registry) if cfg.snapshots else None
+            launcher = ForkServerLauncher(tasks, logs.model.file) if cfg.worker_fork_server \
+                else SubprocessLauncher()
             models = ModelManager(
                 cfg, registry, intake=ArchiveIntake(cfg.allowed_urls, work_dir),
                 work_dir=work_dir, devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
-                model_log=logs.model.file, tasks=tasks,
+                model_log=logs.model.file, tasks=tasks, launcher=launcher,
                 on_change=snapshots.changed if snapshots is not None else _nothing,
                 on_metrics=metrics.record_handler_metrics)
             workflows = WorkflowManager(cfg, registry, models)
@@ -77,6 +80,8 @@ class Runtime:
             raise
         logs.start(tasks)
         metrics.start_server_log(tasks)
+        if isinstance(launcher, ForkServerLauncher):
+            launcher.start()  # importing torch takes seconds: begin before models load
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,
                    metrics=metrics, snapshots=snapshots, models=models, workflows=workflows,
                    keys=keys)
