@@ -116,6 +116,8 @@ def archives() -> list[Archive]:
              (image_input, node_output, scene / "detector.py")),
         _war("shapes_router", router / "shapes_router.yaml",
              router / "shapes_router_handler.py", (image_input, node_output)),
+        _war("every_key", WORKFLOWS / "every_key" / "every_key.yaml",
+             WORKFLOWS / "every_key" / "every_key_handler.py"),
         _war("text_intent", TEXT / "text_intent.yaml", TEXT / "text_intent_handler.py",
              extra=(TEXT / "build" / "intent_index.json", node_output), text=True),
     ]

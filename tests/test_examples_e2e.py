@@ -143,3 +143,16 @@ def test_scene_names_every_shape_of_a_picture(server):
     assert out["picture"]["format"] == "PNG"
     assert [o["label"] for o in out["objects"]] == labels
     assert sum(out["counts"].values()) == 4
+
+
+def test_every_key_example_answers_as_its_docs_say(server):
+    url = server.inference_url + "/wfpredict/every_key"
+    r = requests.post(url, json={"numbers": [1, 2, 3], "mood": "loud", "nap": 0}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"shout": "LOUD", "flaky": "fallback",
+                        "report": {"first": 1, "squares": [1, 4, 9],
+                                   "request": {"numbers": [1, 2, 3], "mood": "loud",
+                                               "nap": 0}}}
+    r = requests.post(url, json={"numbers": list(range(11)), "mood": "calm", "nap": 0},
+                      timeout=30)
+    assert r.status_code == 400 and "max-items" in r.json()["message"]
