@@ -17,12 +17,18 @@ def resolve_shared(registry: Registry, workflow: str, shared: dict[str, str],
     for node, ref in shared.items():
         name, _, version = ref.partition("/")
         try:
-            found[node] = registry.get(name, version or None)
+            mv = registry.get(name, version or None)
         except DagserveError as exc:
             missing.append(f"node '{node}': model: {ref}: {exc.message}")
+            continue
+        if mv.owner is not None:  # it goes when its workflow goes
+            missing.append(f"node '{node}': model: {ref} is a node of workflow {mv.owner}, "
+                           "not a model of its own")
+            continue
+        found[node] = mv
     if missing:
-        raise BadRequestError(f"Workflow {workflow} uses models that are not registered "
-                              f"(register them at /models first): {'; '.join(missing)}")
+        raise BadRequestError(f"Workflow {workflow} uses models that are not registered at "
+                              f"/models (register them first): {'; '.join(missing)}")
     return found
 
 

@@ -95,6 +95,13 @@ SPECS = {
         dag:
           tag: [classifier]
     """,
+    "borrower": """
+        models:
+          borrowed:
+            model: router__dog
+        dag:
+          tag: [borrowed]
+    """,
     "ver1": """
         models: {}
         dag:
@@ -231,6 +238,9 @@ def test_shared_model_serves_both_and_cannot_be_unregistered(server):
     r = register(server, "missing.war")
     assert r.status_code == 400
     assert "classifier" in r.json()["message"] and "nosuchmodel" in r.json()["message"]
+    r = register(server, "borrower.war")  # another workflow's node is not a model to share
+    assert r.status_code == 400
+    assert "borrowed" in r.json()["message"] and "node of workflow router" in r.json()["message"]
     r = requests.post(server.management_url + "/models",
                       params={"url": "echo.mar", "initial_workers": 1}, timeout=120)
     assert r.status_code == 200, r.text
