@@ -36,6 +36,8 @@ class _Pool:
 class _EchoQueue:
     """Answers every job with its own body, resolved before the caller awaits it."""
 
+    capacity = 1000
+
     def submit(self, request: Request) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(Response(request.id, 200, request.params[0].value))

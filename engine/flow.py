@@ -309,8 +309,13 @@ class _FlowRun:
         results: list[Any] = [None] * len(items)
         target = self.targets[node.name]
 
+        # never more items in the queue at once than it holds (job_queue_size): the rest
+        # follow as earlier ones finish, still batching with what is queued
+        room = asyncio.Semaphore(max(1, min(len(items), target.queue.capacity)))
+
         async def one(index: int, item: Any) -> None:
-            resp = await call_node(node, target, self.request, [item_param(item)])
+            async with room:
+                resp = await call_node(node, target, self.request, [item_param(item)])
             results[index] = _as_json_or_text(resp.value)
 
         if items:

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from dagserve.engine.flow import FlowPlan, RunRecord, request_deadline_ms, run_flow
-from dagserve.engine.errors import BadRequestError
+from dagserve.engine.errors import BadRequestError, ServiceUnavailableError
 from dagserve.engine.messages import Param, Request, Response
 from dagserve.engine.registry import ModelStats
 from dagserve.engine.scheduler import NodeFailed, Plan
@@ -23,16 +23,30 @@ class Pool:
 
 
 class Queue:
-    """Answers each job at once with ``fn(params)``; keeps every job's params."""
+    """Answers each job on the next loop turn with ``fn(params)``; keeps every job's params;
+    refuses a job beyond ``capacity`` waiting ones, as BatchQueue does."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, capacity: int = 100):
         self.fn = fn
+        self.capacity = capacity
+        self.waiting = 0
+        self.most_waiting = 0
         self.jobs: list[list[Param]] = []
 
     def submit(self, request: Request) -> asyncio.Future:
+        if self.waiting >= self.capacity:
+            raise ServiceUnavailableError("queue full")
         self.jobs.append(request.params)
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
         fut = asyncio.get_running_loop().create_future()
-        fut.set_result(Response(request.id, 200, self.fn(request.params)))
+
+        def answer() -> None:
+            self.waiting -= 1
+            if not fut.done():
+                fut.set_result(Response(request.id, 200, self.fn(request.params)))
+
+        asyncio.get_running_loop().call_soon(answer)
         return fut
 
 
@@ -99,6 +113,19 @@ def test_foreach_keeps_the_items_order_and_types():
     jobs = targets["each"].queue.jobs
     assert [(p[0].content_type.split(";")[0], p[0].value) for p in jobs] == [
         ("text/plain", b"a"), ("application/json", b"2"), ("application/json", b'{"k": 1}')]
+
+
+def test_foreach_never_overfills_the_node_queue():
+    spec = "models: {}\ndag:\n  start: [each]\nnodes:\n  each: {foreach: 'xs'}\n"
+    compiled = load_spec(spec)
+    plan = Plan.from_compiled(compiled)
+    targets = {"start": Target(echo), "each": Target(echo)}
+    targets["each"].queue.capacity = 10
+    request = Request("r", [Param("body", "application/json",
+                                  json.dumps({"xs": list(range(150))}).encode())])
+    resp = asyncio.run(run_flow(FlowPlan.from_compiled(compiled, plan), targets, request))
+    assert json.loads(resp.value) == list(range(150))
+    assert targets["each"].queue.most_waiting == 10
 
 
 def test_foreach_not_a_list_names_the_node():
