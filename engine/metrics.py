@@ -197,7 +197,7 @@ class MetricsCollector(Collector):
         versions = self.registry.all_versions()
         yield from self._model_counters(versions, host)
         yield from self._model_gauges(versions)
-        workflows = list(self.registry.workflows.values())
+        workflows = self.registry.all_workflow_versions()
         yield from model_families(versions, workflows)
         yield from workflow_families(workflows)
         yield from self._handler_families(versions, host)

@@ -11,8 +11,10 @@ Names follow Prometheus conventions (base units, ``_seconds``, ``_total`` on cou
 - ``dagserve_batch_size`` histogram: requests per batch sent to a worker;
 - ``dagserve_calls_total`` counter, label ``outcome``: ok, 4xx, 5xx, timeout (504), skipped
   (a workflow node that did not run), retried (an attempt after the first);
-- ``dagserve_workflow_requests_total`` counter, label ``status`` (the HTTP status);
-- ``dagserve_workflow_request_duration_seconds`` histogram.
+- ``dagserve_workflow_requests_total`` counter, labels ``workflow``, ``workflow_version``,
+  ``status`` (the HTTP status);
+- ``dagserve_workflow_request_duration_seconds`` histogram, labels ``workflow``,
+  ``workflow_version``.
 
 Model families carry ``model_name``, ``model_version``, ``workflow`` and ``node`` (both
 empty for a model served on its own).
@@ -43,7 +45,8 @@ def model_labels(mv, node_of: dict[int, tuple[str, str]]) -> dict[str, str]:
 
 
 def node_index(workflows: Iterable) -> dict[int, tuple[str, str]]:
-    """id(model version) -> (workflow, node) for every workflow node."""
+    """id(model version) -> (workflow, node) for every node model a workflow owns (a shared
+    model keeps its own name: several workflows may use it)."""
     return {id(mv): (entry.name, node) for entry in workflows
             for node, mv in entry.node_models.items()}
 
@@ -82,8 +85,9 @@ def workflow_families(workflows: Iterable) -> Iterator[Metric]:
                      "Time of one workflow request, all nodes included", "histogram")
     for entry in workflows:
         stats = entry.stats
+        labels = {"workflow": entry.name, "workflow_version": entry.version}
         for status, n in sorted(stats.by_status.items()):
             requests.add_sample("dagserve_workflow_requests_total",
-                                {"workflow": entry.name, "status": str(status)}, n)
-        _add_histogram(latency, {"workflow": entry.name}, stats.latency)
+                                {**labels, "status": str(status)}, n)
+        _add_histogram(latency, labels, stats.latency)
     yield from (requests, latency)

@@ -107,8 +107,13 @@ def node_inputs(plan: NodePlan, request: Request, outputs: dict[str, Response]) 
 def final_response(plan: Plan, outputs: dict[str, Response]) -> Response:
     if len(plan.leaves) == 1:
         return outputs[plan.leaves[0]]
+    return merged_response(plan.leaves, outputs)
+
+
+def merged_response(leaves, outputs: dict[str, Response]) -> Response:
+    """Several answering nodes: a JSON object by node name (TorchServe's leaf merge)."""
     merged = {}
-    for leaf in plan.leaves:
+    for leaf in leaves:
         raw = outputs[leaf].value
         try:
             merged[leaf] = json.loads(raw)
@@ -127,9 +132,11 @@ def _cancelled_from_outside() -> bool:
     return task is None or task.cancelling() > 0
 
 
-async def call_node(plan: NodePlan, target, request: Request, params: list[Param]) -> Response:
-    """One node, with its timeout per attempt and retries with backoff. When the request
-    is traced (``tracing.current``), each attempt is recorded as a ``tracing.Attempt``."""
+async def call_node(plan: NodePlan, target, request: Request, params: list[Param],
+                    item: int | None = None) -> Response:
+    """One node (``item``: which of a foreach node's items), with its timeout per attempt
+    and retries with backoff. When the request is traced (``tracing.current``), each attempt
+    is recorded as a ``tracing.Attempt``."""
     loop = asyncio.get_running_loop()
     trace = tracing.current.get()
     last = "no attempt made"
@@ -138,7 +145,8 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
         if attempt:
             target.stats.retried += 1
             await anyio.sleep(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
-        probe = None if trace is None else trace.attempt(plan.name, target, attempt + 1, params)
+        probe = None if trace is None else \
+            trace.attempt(plan.name, target, attempt + 1, params, item)
         expired: list = []
         timer = None
         started = loop.time()
@@ -222,12 +230,12 @@ async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
     except BaseExceptionGroup as group:
         failed = group.subgroup(NodeFailed)
         if failed is not None:
-            raise _first(failed) from None
+            raise first_failure(failed) from None
         raise
     return final_response(plan, outputs)
 
 
-def _first(group: BaseExceptionGroup) -> NodeFailed:
+def first_failure(group: BaseExceptionGroup) -> NodeFailed:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]

@@ -36,7 +36,7 @@ from .traced import (drop_query_flag, failed_answer, failed_reply, traced_predic
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
 
-WorkflowRunner = Callable[[str, Request], Awaitable[Response]]
+WorkflowRunner = Callable[..., Awaitable[Response]]  # (name, request, version[, trace])
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 INFERENCE_METHODS = frozenset({"POST", "PUT"})
@@ -96,8 +96,10 @@ class InferenceRoutes:
         finally:
             mv.stats.count(status, time.perf_counter() - start)
 
-    async def wfpredict(self, request: web.BaseRequest, workflow: str) -> web.Response:
-        self.registry.workflow(workflow)  # 404 before reading the body
+    async def wfpredict(self, request: web.BaseRequest, workflow: str,
+                        version: str | None = None) -> web.Response:
+        # 404 before reading the body; the version found here is the one the request runs
+        entry = self.registry.workflow(workflow, version)
         if self.run_workflow is None:
             raise ResourceNotFoundError()
         start = time.perf_counter()
@@ -109,10 +111,12 @@ class InferenceRoutes:
         req = Request(request["request_id"], params, dict(request.headers))
         if tracer.wanted(request.headers, request.query_string):
             drop_query_flag(req, request.query_string)
-            return await traced_workflow(tracer, workflow, req, self.run_workflow, self._reply,
-                                         tracer.keeps(request.headers, request.query_string))
+            return await traced_workflow(
+                tracer, workflow, req,
+                lambda r, trace: self.run_workflow(workflow, r, entry.version, trace),
+                self._reply, tracer.keeps(request.headers, request.query_string))
         try:
-            return self._reply(await self.run_workflow(workflow, req))
+            return self._reply(await self.run_workflow(workflow, req, entry.version))
         except DagserveError as exc:
             return failed_reply(tracer, "workflow", workflow, req.id, start, exc)
 
@@ -149,10 +153,11 @@ class InferenceRouter:
                 return partial(routes.predict, model=parts[2],
                                version=parts[3] if n == 4 else None,
                                explain=kind == "explanations")
-            if kind == "wfpredict" and n == 3 and parts[2]:
+            if kind == "wfpredict" and parts[2] and parts[-1]:
                 if method not in INFERENCE_METHODS:
                     return _not_allowed
-                return partial(routes.wfpredict, workflow=parts[2])
+                return partial(routes.wfpredict, workflow=parts[2],
+                               version=parts[3] if n == 4 else None)
         elif path == "/ping":
             return routes.ping if method in PING_METHODS else _not_allowed
         elif path == "/":

@@ -3,7 +3,7 @@
 - ``GET /workflows/{w}/traces`` and ``GET /models/{m}/traces``: the last traces kept
   (``?limit=``, default 20), newest first;
 - ``GET /workflows/{w}/traces/{id}`` and ``GET /models/{m}/traces/{id}``: one trace;
-- ``GET /workflows/{w}/graph?format=mermaid|dot|json`` (``workflows/render.py``);
+- ``GET /workflows/{w}/graph?format=mermaid|dot|json[&version=v]`` (``workflows/render.py``);
 - ``GET /dashboard``: the page (``dashboard/``, shipped in the package); its script reads
   ``GET /dashboard/data`` (figures of every model and workflow node) every few seconds.
 
@@ -89,7 +89,8 @@ class ObserveRoutes:
         return self._one("model", info["model_name"], info["trace_id"])
 
     async def graph(self, request: web.Request) -> web.Response:
-        entry = self.registry.workflow(request.match_info["workflow_name"])
+        entry = self.registry.workflow(request.match_info["workflow_name"],
+                                       request.query.get("version") or None)
         fmt = request.query.get("format", "json")
         if fmt not in FORMATS:
             raise BadRequestError(f"Parameter format must be one of {', '.join(FORMATS)}, "
@@ -108,18 +109,18 @@ class ObserveRoutes:
 
     async def dashboard_data(self, request: web.Request) -> web.Response:
         registry = self.registry
-        workflows = list(registry.workflows.values())
-        node_of = node_index(workflows)
+        node_of = node_index(registry.all_workflow_versions())
         models = [model_figures(mv) for mv in registry.all_versions()
                   if id(mv) not in node_of]
         flows = []
-        for entry in sorted(workflows, key=lambda e: e.name):
+        for entry in sorted(registry.workflows.values(), key=lambda e: e.name):  # defaults
             stats = entry.stats
-            flows.append({"name": entry.name,
+            flows.append({"name": entry.name, "version": entry.version,
                           "requests": {str(k): v for k, v in sorted(stats.by_status.items())},
                           "latency": _histogram(stats.latency),
+                          # a shared model's figures are all its callers'
                           "nodes": {node: model_figures(mv)
-                                    for node, mv in entry.node_models.items()}})
+                                    for node, mv in entry.targets.items()}})
         body = {"time": time.time(), "models": models, "workflows": flows,
                 "traceRingSize": self.tracer.ring.size}
         return web.Response(body=json.dumps(body).encode(), content_type="application/json")

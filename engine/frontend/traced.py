@@ -86,11 +86,12 @@ async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply,
 async def traced_workflow(tracer: Tracer, name: str, req: Request,
                           run: Callable[..., Awaitable[Response]],
                           reply: Reply, keep: bool = True) -> web.Response:
-    """``/wfpredict``: the scheduler records each node attempt in the trace."""
+    """``/wfpredict``: ``run(request, trace)`` runs the workflow, and the scheduler records
+    each node attempt in the trace."""
     trace = tracer.begin("workflow", name, req, keep=keep)
     status, error, node = 500, "request cancelled", None
     try:
-        resp = await run(name, req, trace)
+        resp = await run(req, trace)
         status, error = resp.code, ""
         answer = reply(resp)
     except DagserveError as exc:
