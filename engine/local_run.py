@@ -77,7 +77,7 @@ async def _run_in(runtime: Runtime, war_source: tuple, scratch: Path, body: byte
         tracer = Tracer(1)
         trace = tracer.begin("workflow", entry.name, request)
         try:
-            response = await runtime.workflows.run(entry.name, request, trace)
+            response = await runtime.workflows.run(entry.name, request, entry.version, trace)
         except DagserveError as exc:
             tracer.end(trace, exc.status, exc.message, getattr(exc, "node", None))
             return None, exc, trace

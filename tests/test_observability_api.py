@@ -25,6 +25,39 @@ SPECS = {
     "timeout": "models:\n  timeout-ms: 300\n  retry-attempts: 0\ndag:\n  pre: [slow]\n",
 }
 
+# the workflow language's keys: a foreach node and a node whose condition is false
+FLOW_SPEC = """models: {}
+dag:
+  listing: [each, never]
+nodes:
+  each: {foreach: "items[*]"}
+  never: {when: "`false`"}
+"""
+FLOW_HANDLER = """import json
+
+
+def _text(value):
+    return bytes(value).decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def listing(data, context):
+    if data is None:
+        return None
+    return [json.dumps({"items": ["a", "b", "c"]}) for _ in data]
+
+
+def each(data, context):
+    if data is None:
+        return None
+    return [_text(row.get("body")).upper() for row in data]
+
+
+def never(data, context):
+    if data is None:
+        return None
+    return ["never runs" for _ in data]
+"""
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -35,6 +68,7 @@ def server(tmp_path_factory):
     handler_archive("errors", "errors_handler.py", models)
     for name, spec in SPECS.items():
         build_war(wars, name, spec, WF_HANDLER, handler_file="wf_handler.py")
+    build_war(wars, "flow", FLOW_SPEC, FLOW_HANDLER, handler_file="flow_handler.py")
     with start_server(work, model_store=models, config={"trace_ring_size": RING},
                       args=["--workflow-store", str(wars), "--disable-token-auth", "--ncs",
                             "--models", "echo=echo.mar", "errors=errors.mar",
@@ -76,6 +110,29 @@ def test_traced_chain_records_every_node(server):
     starts = [n["startMs"] for n in t["nodes"]]
     assert starts == sorted(starts)
     assert t["totalMs"] >= t["nodes"][-1]["endMs"]
+
+
+def test_foreach_items_and_skipped_nodes_in_trace_metrics_and_graph(server):
+    r = wfpredict(server, "flow", TRACE)
+    assert r.status_code == 200, r.text
+    assert r.json() == ["A", "B", "C"]
+    t = trace_of(server, "workflows", "flow", r.headers["X-Dagserve-Trace-Id"]).json()
+    nodes = {n["node"]: n for n in t["nodes"]}
+    assert list(nodes) == ["listing", "each", "never"]
+    assert nodes["listing"]["status"] == "ran"
+    each = nodes["each"]
+    assert each["status"] == "ran"
+    assert sorted(a["item"] for a in each["attempts"]) == [0, 1, 2]
+    assert all(a["outcome"] == "ok" and a["bytesIn"] == 1 for a in each["attempts"])
+    never = nodes["never"]
+    assert never["status"] == "skipped" and never["attempts"] == []
+    assert "`false`" in never["reason"] and "was false" in never["reason"]
+    assert sample(scrape(server), "dagserve_calls_total", workflow="flow", node="never",
+                  outcome="skipped") >= 1
+    mermaid = requests.get(f"{server.management_url}/workflows/flow/graph",
+                           params={"format": "mermaid"}, timeout=10).text
+    assert '[["each<br/>foreach: items[*]"]]' in mermaid
+    assert "when: `false`" in mermaid and "classDef conditional" in mermaid
 
 
 def test_untraced_request_has_no_trace(server):
