@@ -143,7 +143,7 @@ class Trace:
 
     __slots__ = ("id", "kind", "target", "keep", "wall_start", "started", "ended", "status",
                  "error", "failed_node", "attempts", "skips", "order", "targets",
-                 "otel_trace_id", "span")
+                 "version", "otel_trace_id", "span")
 
     def __init__(self, trace_id: str, kind: str, target: str, nodes: Iterable[str] = (),
                  keep: bool = True):
@@ -161,15 +161,18 @@ class Trace:
         self.skips: dict[str, tuple[str, Any]] = {}  # node -> (reason, model version)
         self.order: Iterable[str] = nodes  # the nodes to list even if never reached
         self.targets: dict[str, Any] = {}  # node -> model version, for those never reached
+        self.version: str | None = None  # the workflow version the request ran
         self.otel_trace_id: str | None = None
         self.span: Any = None  # the OpenTelemetry request span, when exporting
 
-    def expect(self, order: Iterable[str], targets: dict[str, Any]) -> None:
+    def expect(self, order: Iterable[str], targets: dict[str, Any],
+               version: str | None = None) -> None:
         """The DAG's nodes, in this order, and their model versions: listed even if some
-        never run (read only when the trace is shown: the request pays for two
-        references)."""
+        never run (read only when the trace is shown: the request pays for references);
+        ``version``: the workflow version that runs."""
         self.order = order
         self.targets = targets
+        self.version = version
 
     def attempt(self, node: str, target: Any, number: int, params: Iterable[Any] = (),
                 item: int | None = None) -> Attempt:
@@ -224,6 +227,7 @@ class Trace:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "traceId": self.id, "kind": self.kind, "target": self.target,
+            **({"version": self.version} if self.version is not None else {}),
             "start": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall_start))
                      + f".{int(self.wall_start % 1 * 1000):03d}Z",
             "totalMs": _ms(self.total_s), "status": self.status}

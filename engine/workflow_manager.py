@@ -52,7 +52,7 @@ class WorkflowManager:
         # ``entry`` is this version, to the end of the request, whatever the default becomes
         token = None
         if trace is not None:
-            trace.expect(entry.flow.order, entry.targets)
+            trace.expect(entry.flow.order, entry.targets, entry.version)
             token = tracing.current.set(trace)
         started = time.perf_counter()
         status = 500

@@ -93,6 +93,7 @@ def test_traced_chain_records_every_node(server):
     assert trace_id == r.headers["x-request-id"]
     t = trace_of(server, "workflows", "chain", trace_id).json()
     assert t["status"] == 200 and t["kind"] == "workflow" and t["target"] == "chain"
+    assert t["version"] == "1.0"  # the workflow version that ran
     assert [n["node"] for n in t["nodes"]] == ["pre", "echo", "post"]
     outputs = {"pre": b"pre(hello)", "echo": b"pre(hello)", "post": b"post(pre(hello))"}
     inputs = {"pre": b"hello", "echo": outputs["pre"], "post": outputs["echo"]}
