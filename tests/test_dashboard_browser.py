@@ -30,7 +30,7 @@ def _text(row):
 def pre(data, context):
     if data is None:
         return None
-    return [_text(row).upper() for row in data]
+    return [json.dumps({"items": _text(row).split()}) for row in data]
 
 
 def left(data, context):
@@ -39,11 +39,19 @@ def left(data, context):
     return ["left:" + _text(row) for row in data]
 
 
+def each(data, context):
+    if data is None:
+        return None
+    return [_text(row).upper() for row in data]
+
+
 def join(data, context):
     if data is None:
         return None
     return [json.dumps(sorted(row)) for row in data]
 '''
+# every kind of node and edge the page draws: a model, functions, a condition, a foreach,
+# and inputs (one from the request itself)
 SPEC = """models:
   detector:
     url: detector.mar
@@ -51,9 +59,14 @@ SPEC = """models:
 dag:
   pre: [left, detector]
   left: [join]
-  detector: [join]
+  detector: [each]
+  each: [join]
+nodes:
+  left: {when: "length(items) > `1`"}
+  each: {foreach: "items[*]"}
+  join: {inputs: {raw: $request, left: left, each: each}}
 """
-NODES = ["pre", "left", "detector", "join"]
+NODES = ["pre", "left", "detector", "each", "join"]
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +75,10 @@ def server(tmp_path_factory):
     store = work / "store"
     build_mar(store, "detector", ECHO_HANDLER)
     build_mar(store, "echo", ECHO_HANDLER)
-    build_war(store, "diamond", SPEC, FUNCTIONS)
+    build_war(store, "overview", SPEC, FUNCTIONS)
     with start_server(work, model_store=store,
                       args=["--ncs", "--models", "echo=echo.mar",
-                            "--workflows", "diamond.war"]) as srv:
+                            "--workflows", "overview.war"]) as srv:
         yield srv
 
 
@@ -79,7 +92,7 @@ def post(server, trace: bool = False):
     headers = {"Authorization": server.auth("inference")["Authorization"]}
     if trace:
         headers["X-Dagserve-Trace"] = "1"
-    r = requests.post(f"{server.inference_url}/wfpredict/diamond", data=b"hi",
+    r = requests.post(f"{server.inference_url}/wfpredict/overview", data=b"two words",
                       headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     return r
@@ -99,14 +112,18 @@ def test_page_needs_the_key_for_its_data(server):
 def test_dashboard_draws_the_dag_and_updates_live(server, browser):
     key = server.keys()["management"]["key"]
     browser.open(f"{server.management_url}/dashboard?token={key}&refresh=500")
-    browser.wait_for("document.querySelector('svg.dag[data-workflow=\"diamond\"]') !== null")
+    browser.wait_for("document.querySelector('svg.dag[data-workflow=\"overview\"]') !== null")
     nodes = browser.evaluate(
         "[...document.querySelectorAll('svg.dag g.node')].map(g => [g.dataset.node, "
         "g.getAttribute('class')])")
-    kinds = dict(nodes)
-    assert set(kinds) == set(NODES)
-    assert "model" in kinds["detector"].split() and "function" in kinds["pre"].split()
-    assert browser.evaluate("document.querySelectorAll('svg.dag path.edge').length") == 4
+    kinds = {node: set(classes.split()) for node, classes in nodes}
+    assert set(kinds) == {*NODES, "$request"}
+    assert "model" in kinds["detector"] and "function" in kinds["pre"]
+    assert "conditional" in kinds["left"] and "foreach" in kinds["each"]
+    assert "request" in kinds["$request"]
+    edges = browser.evaluate("[...document.querySelectorAll('svg.dag path.edge')]"
+                             ".map(e => e.getAttribute('class'))")
+    assert sorted(edges) == ["edge data"] * 5 + ["edge inputs"] * 3
     assert browser.evaluate(
         "[...document.querySelectorAll('#models tbody tr')].map(r => r.dataset.model)") == \
         ["echo"]

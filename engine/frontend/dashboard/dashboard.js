@@ -8,7 +8,7 @@
 const params = new URLSearchParams(location.search);
 const REFRESH_MS = Math.max(500, Number(params.get("refresh")) || 3000);
 const SVG_NS = "http://www.w3.org/2000/svg";
-const BOX_W = 220, BOX_H = 58, GAP_X = 40, GAP_Y = 46, PAD = 16;
+const BOX_W = 220, BOX_H = 58, GAP_X = 40, GAP_Y = 46, PAD = 16, LANE = 14;
 
 if (params.get("token")) sessionStorage.setItem("dagserveKey", params.get("token"));
 let previous = null;        // the last /dashboard/data answer, for rates and live medians
@@ -101,13 +101,28 @@ function layers(graph) {
   ids.forEach((id) => visit(id, new Set()));
   const rows = [];
   for (const id of ids) (rows[depth[id]] = rows[depth[id]] || []).push(id);
-  return rows;
+  // fewer crossings: each row in the mean order of its nodes' parents above it
+  const place = {};
+  rows.forEach((row, r) => {
+    if (r > 0) {
+      const key = (id) => {
+        const ps = parents[id].filter((p) => place[p] !== undefined);
+        return ps.length ? ps.reduce((sum, p) => sum + place[p], 0) / ps.length : 0.5;
+      };
+      row.sort((a, b) => key(a) - key(b));
+    }
+    row.forEach((id, i) => { place[id] = (i + 0.5) / row.length; });
+  });
+  return {rows, depth};
 }
 
 function drawDag(wf, graph) {
-  const rows = layers(graph);
+  const {rows, depth} = layers(graph);
+  // an edge that skips rows goes round the boxes, in a lane of its own on the left or right
+  const long = graph.edges.filter((e) => depth[e.to] - depth[e.from] > 1);
+  const margin = PAD + LANE * (long.length + 1);
   const widest = Math.max(1, ...rows.map((r) => r.length));
-  const width = PAD * 2 + widest * BOX_W + (widest - 1) * GAP_X;
+  const width = 2 * margin + widest * BOX_W + (widest - 1) * GAP_X;
   const height = PAD * 2 + rows.length * BOX_H + (rows.length - 1) * GAP_Y;
   const svg = el("svg:svg", {class: "dag", width, height, viewBox: `0 0 ${width} ${height}`,
                              "data-workflow": wf});
@@ -118,18 +133,31 @@ function drawDag(wf, graph) {
       pos[id] = {x: offset + x * (BOX_W + GAP_X), y: PAD + y * (BOX_H + GAP_Y)};
     });
   });
-  for (const e of graph.edges) {
+  graph.edges.forEach((e) => {
     const a = pos[e.from], b = pos[e.to];
-    if (!a || !b) continue;
+    if (!a || !b) return;
     const x1 = a.x + BOX_W / 2, y1 = a.y + BOX_H, x2 = b.x + BOX_W / 2, y2 = b.y;
-    const bend = e.kind === "inputs" ? 30 : 0;
-    const d = `M${x1},${y1} C${x1 + bend},${y1 + GAP_Y / 2} ${x2 + bend},${y2 - GAP_Y / 2} ${x2},${y2 - 5}`;
+    const lane = long.indexOf(e);
+    let d, labelX, labelY;
+    if (lane >= 0) {
+      const left = (x1 + x2) / 2 <= width / 2;
+      const side = left ? margin - LANE * (lane + 1) : width - margin + LANE * (lane + 1);
+      const top = y1 + GAP_Y / 3, bottom = y2 - GAP_Y / 3;
+      d = `M${x1},${y1} C${x1},${top} ${side},${y1} ${side},${top + 12} ` +
+          `L${side},${bottom - 12} C${side},${y2} ${x2},${bottom} ${x2},${y2 - 5}`;
+      labelX = side + (left ? 3 : -3);
+      labelY = (top + bottom) / 2;
+    } else {
+      const bend = e.kind === "inputs" ? 30 : 0;
+      d = `M${x1},${y1} C${x1 + bend},${y1 + GAP_Y / 2} ${x2 + bend},${y2 - GAP_Y / 2} ${x2},${y2 - 5}`;
+      labelX = (x1 + x2) / 2 + bend + 4;
+      labelY = (y1 + y2) / 2;
+    }
     svg.appendChild(el("svg:path", {class: "edge " + e.kind, d, "marker-end": "url(#arrow)"}));
     if (e.kind === "inputs") {
-      svg.appendChild(el("svg:text", {class: "edge-label", x: (x1 + x2) / 2 + bend + 4,
-                                      y: (y1 + y2) / 2}, e.label));
+      svg.appendChild(el("svg:text", {class: "edge-label", x: labelX, y: labelY}, e.label));
     }
-  }
+  });
   const defs = el("svg:defs");
   const marker = el("svg:marker", {id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
                                    markerWidth: 7, markerHeight: 7, orient: "auto"});
