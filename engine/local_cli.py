@@ -126,6 +126,8 @@ def _graph_parser() -> argparse.ArgumentParser:
                                 description="Write the DAG of a registered workflow as "
                                             "Mermaid, Graphviz DOT or JSON.")
     p.add_argument("workflow", help="the registered workflow's name")
+    p.add_argument("--workflow-version", metavar="V",
+                   help="one of its versions (default: the default version)")
     p.add_argument("--out", metavar="FILE",
                    help=".mmd/.mermaid, .dot/.gv or .json (default: stdout)")
     p.add_argument("--format", choices=FORMATS, help="when writing to stdout (default mermaid)")
@@ -153,6 +155,8 @@ def graph_command(argv: Sequence[str]) -> int:
         return 2
     url = (f"{args.management_address.rstrip('/')}/workflows/"
            f"{urllib.parse.quote(args.workflow, safe='')}/graph?format={fmt}")
+    if args.workflow_version:
+        url += "&version=" + urllib.parse.quote(args.workflow_version, safe="")
     request = urllib.request.Request(url)
     key = _management_key(args.token)
     if key:

@@ -365,9 +365,9 @@ def tracer_for(cfg: Any) -> Tracer:
 
 
 def note_skipped(node: str, target: Any, reason: str) -> None:
-    """A workflow node did not run (its condition said no, its input list was empty, an
-    upstream node failed with ``on-error: skip``): count it in the node's metrics and, when
-    the request is traced, record it with its reason."""
+    """A workflow node did not run (its ``when`` was false, all its parents were skipped, it
+    failed with ``on-error: skip``; the general scheduler, ``flow.py``, says which): count
+    it in the node's metrics and, when the request is traced, record it with its reason."""
     if target is not None:
         target.stats.skipped += 1
     trace = current.get()
