@@ -15,6 +15,11 @@ frontend process's CPU time per request (user + system from /proc, warmup includ
 
     .venv/bin/python -m benchmarks.tracing_overhead [--base-ref main] [--pairs 12]
         [--seconds 2] [--client auto|wrk|python]
+    .venv/bin/python -m benchmarks.tracing_overhead --micro   # the bookkeeping alone
+
+``--micro`` times, in this process, what a traced 3-node request adds to the frontend: a
+trace begun and ended (kept in the ring), three attempts started, dispatched, handled and
+finished; no server, no I/O.
 """
 
 from __future__ import annotations
@@ -96,6 +101,33 @@ PATHS = {"echo": "/predictions/echo8", "chain": "/wfpredict/chain3"}
 RUNS = (("before", "before", ()), ("off", "after", ()), ("on", "after", TRACE_HEADER))
 
 
+def micro(n: int = 30_000) -> float:
+    """Microseconds of trace bookkeeping per traced 3-node request (see the docstring)."""
+    import time
+
+    from dagserve.engine.messages import Param, Request
+    from dagserve.engine.tracing import Tracer
+
+    class Model:
+        name, version = "wf__node", "1.0"
+
+    tracer, model = Tracer(), Model()
+    params = [Param("body", None, b"x" * 64)]
+    order = {"a": None, "b": None, "c": None}
+    targets = dict.fromkeys(order, model)
+    start = time.perf_counter()
+    for i in range(n):
+        trace = tracer.begin("workflow", "wf", Request(str(i), params, {}))
+        trace.expect(order, targets, "1.0")
+        for node in order:
+            attempt = trace.attempt(node, model, 1, params)
+            attempt.dispatched(0.0001, 8, "9000")
+            attempt.handled(0.0001)
+            attempt.finish("ok", 200, "", 64)
+        tracer.end(trace, 200)
+    return (time.perf_counter() - start) / n * 1e6
+
+
 def _spread(values: list[float]) -> str:
     return (f"{100 * (statistics.median(values) - 1):+.1f} % "
             f"({100 * (min(values) - 1):+.0f} … {100 * (max(values) - 1):+.0f})")
@@ -109,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="measured s per run")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "tracing")
+    parser.add_argument("--micro", action="store_true",
+                        help="only time the trace bookkeeping in-process")
     args = parser.parse_args(argv)
+    if args.micro:
+        print(f"trace bookkeeping: {micro():.2f} µs per traced 3-node request")
+        return 0
     client = args.client if args.client != "auto" else ("wrk" if wrk_available() else "python")
     args.out.mkdir(parents=True, exist_ok=True)
     art = build_artifacts(args.out)
