@@ -29,6 +29,8 @@ from dagserve import __version__
 
 from .config import Config, load_config, split_address
 from .errors import ConfigError, DagserveError
+from .system_metrics import read_metrics_config
+from .tls import server_ssl_context
 
 STARTED_LINE = "Model server started."
 STDOUT_LOG = "ts_stdout.log"
@@ -112,6 +114,9 @@ def validate(cfg: Config) -> None:
                               f"{', '.join(local)}")
     if cfg.workflow_store is None and cfg.load_workflows:
         raise ConfigError("--workflow-store (or --model-store) is required to load workflows")
+    server_ssl_context(cfg)  # an https address must be servable over TLS
+    if cfg.metrics_config is not None:
+        read_metrics_config(cfg.metrics_config)
 
 
 # ---- pid file -------------------------------------------------------------------------------
@@ -428,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.foreground:
         return run_foreground(cfg)
+    for warning in cfg.startup_warnings:  # the detached server logs it to ts_log.log
+        _err(f"WARNING: {warning}")
     # --start, or no action at all (TorchServe starts the server then, too).
     return start_background(cfg, argv)
 

@@ -23,7 +23,9 @@ from .config import Config
 from .errors import (BadRequestError, ConflictError, InternalServerError,
                      ModelNotFoundError)
 from .registry import ModelVersion, Registry
+from .model_config import model_config_settings
 from .workers.batch_queue import BatchQueue
+from .workers.devices import DeviceConfigError, ModelDevices
 from .workers.pool import DeviceAllocator, WorkerPool
 from .workers.process import WorkerSpec, WorkerStartError
 
@@ -244,7 +246,7 @@ class ModelManager:
                         return int(src[k])
             return default
 
-        handler = opts.handler or handler or ""
+        handler = opts.handler or handler or self.cfg.default_service_handler or ""
         if not handler:
             raise BadRequestError(f"Model archive {url} names no handler")
         batch_size = pick(opts.batch_size, "batchSize", default=self.cfg.batch_size)
@@ -257,13 +259,21 @@ class ModelManager:
         if batch_size < 1 or delay < 0 or min_workers < 0 or max_workers < min_workers:
             raise BadRequestError("batch_size must be >= 1, max_batch_delay >= 0 and "
                                   "0 <= min workers <= max workers")
+        try:
+            extra = model_config_settings(acfg, name, self.cfg.job_queue_size)
+            devices = ModelDevices(self.devices, extra.device_type, extra.device_ids, name)
+        except DeviceConfigError as exc:
+            raise BadRequestError(f"Invalid model config of {name}: {exc}") from None
         spec = WorkerSpec(model_name=name, model_dir=model_dir, handler=handler,
                           batch_size=batch_size, response_timeout=rt, startup_timeout=st,
                           decode_input=self.cfg.decode_input_request,
-                          server_version=SERVER_VERSION)
-        queue = BatchQueue(name, batch_size, self.cfg.job_queue_size)
+                          server_version=SERVER_VERSION,
+                          limit_max_image_pixels=self.cfg.limit_max_image_pixels,
+                          env_blacklist=self.cfg.blacklist_env_vars,
+                          max_retry_timeout_s=extra.max_retry_timeout_s)
+        queue = BatchQueue(name, batch_size, extra.job_queue_size)
         mv_holder: list[ModelVersion] = []
-        pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
+        pool = WorkerPool(spec, queue, devices=devices, sock_dir=self.sock_dir,
                           log_file=self.model_log,
                           on_metrics=lambda m: self._metrics(mv_holder, m))
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
@@ -294,7 +304,7 @@ class ModelManager:
                                 f"unregister the workflow instead")
         self.registry.remove(mv.name, mv.version)
         try:
-            await mv.pool.close()
+            await mv.pool.close(grace_s=0 if force else self.cfg.unregister_model_timeout)
         finally:
             if mv.owns_dir:
                 shutil.rmtree(mv.model_dir, ignore_errors=True)

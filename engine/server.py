@@ -26,6 +26,8 @@ from .metrics import MetricsCollector
 from .models import ModelManager, ModelOptions
 from .registry import Registry
 from .snapshot import SnapshotManager
+from .system_metrics import SystemMetrics
+from .tls import context_for, server_ssl_context
 from .workflow_manager import WorkflowManager
 from .workers.pool import DeviceAllocator, visible_gpu_count
 
@@ -68,11 +70,15 @@ class Server:
         self.workflows = None
         self.metrics = None
         self.snapshots = None
+        self.system_metrics: SystemMetrics | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
         cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        ssl_context = server_ssl_context(cfg)
         self.logs = setup_logging(cfg)
+        for warning in cfg.startup_warnings:  # on stderr too when in the foreground
+            log.warning(warning)
         self.work_dir = Path(tempfile.mkdtemp(prefix="dagserve-"))
         os.chmod(self.work_dir, 0o700)
         self.model_log = self.logs.model.file  # workers write their output straight to it
@@ -82,6 +88,8 @@ class Server:
         self.workflows = WorkflowManager(cfg, self.registry, self.models)
         self.metrics = MetricsCollector(self.registry, log=self.logs.metrics)
         self.models.on_metrics = self.metrics.record_handler_metrics
+        self.system_metrics = SystemMetrics.from_config(cfg)
+        self.system_metrics.register(self.metrics.prometheus)
         self.logs.start()
         self.metrics.start_server_log()
         # every response counts in Requests2XX/4XX/5XX and goes to the access log
@@ -96,14 +104,17 @@ class Server:
                                                              *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
             (cfg.inference_address, web.ServerRunner(inference, handle_signals=False)),
-            (cfg.management_address, self._app_runner(management)),
-            (cfg.metrics_address,
-             self._app_runner(build_metrics_app(self.metrics, middlewares=[common])))]
+            (cfg.management_address, self._app_runner(management))]
+        if cfg.enable_metrics_api:
+            metrics_app = build_metrics_app(self.metrics, middlewares=[common])
+            runners.append((cfg.metrics_address, self._app_runner(metrics_app)))
         for address, runner in runners:
             host, port = split_address(address)
             await runner.setup()
             self.runners.append(runner)
-            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True,
+                              ssl_context=context_for(address, ssl_context)).start()
+        self.system_metrics.start()
         await self._load_at_start()
         _settle_heap()
 
@@ -116,7 +127,7 @@ class Server:
             return {}
         from .auth import KeyStore, make_auth_middleware
 
-        self.keys = KeyStore.load_or_create(self.cfg.key_file)
+        self.keys = KeyStore.load_or_create(self.cfg.key_file, self.cfg.token_expiration_min)
         return {kind: [make_auth_middleware(self.keys, kind)]
                 for kind in ("inference", "management")}
 
@@ -127,9 +138,12 @@ class Server:
     async def _load_at_start(self) -> None:
         assert self.models is not None
         restored = False
+        if self.cfg.model_snapshot:  # config.properties names what to restore
+            restored = await SnapshotManager(self).restore_text(self.cfg.model_snapshot)
         if self.cfg.snapshots:
             self.snapshots = SnapshotManager(self)
-            restored = await self.snapshots.restore_latest()
+            if not self.cfg.model_snapshot:
+                restored = await self.snapshots.restore_latest()
         if not restored:
             for name, url in startup_entries(self.cfg.load_models, self.cfg.model_store,
                                              is_model_archive):
@@ -143,6 +157,8 @@ class Server:
             self.snapshots.write("startup")
 
     async def stop(self) -> None:
+        if self.system_metrics is not None:
+            self.system_metrics.stop()
         if self.snapshots is not None:
             self.snapshots.write("shutdown")
         for runner in self.runners:

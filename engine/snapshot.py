@@ -208,8 +208,18 @@ class SnapshotManager:
             log.error("could not read snapshot %s: %s", path, exc)
             return False
         log.info("restoring from snapshot %s", path.name)
-        models = _json_value(props.get(MODEL_KEY), path, MODEL_KEY, dict) or {}
-        workflows = _json_value(props.get(WORKFLOW_KEY), path, WORKFLOW_KEY, list) or []
+        models = _json_value(props.get(MODEL_KEY), path.name, MODEL_KEY, dict) or {}
+        workflows = _json_value(props.get(WORKFLOW_KEY), path.name, WORKFLOW_KEY, list) or []
+        return await self._restore(models, workflows, path.name)
+
+    async def restore_text(self, model_snapshot: str) -> bool:
+        """Restore the ``model_snapshot`` JSON that config.properties holds (TorchServe
+        restores it instead of loading ``load_models``)."""
+        log.info("restoring the model_snapshot of config.properties")
+        models = _json_value(model_snapshot, "config.properties", MODEL_KEY, dict) or {}
+        return await self._restore(models, [], "config.properties")
+
+    async def _restore(self, models: dict, workflows: list, label: str) -> bool:
         self._restoring = True
         try:
             restored = await self._restore_models(models.get("models") or {})
@@ -218,7 +228,7 @@ class SnapshotManager:
                 try:
                     await self.server.workflows.restore(workflows)
                 except Exception:  # the models restored above must still be served
-                    log.exception("restoring the workflows of %s failed", path.name)
+                    log.exception("restoring the workflows of %s failed", label)
                 restored += len(self.server.registry.workflows) - before
         finally:
             self._restoring = False
@@ -283,16 +293,16 @@ def _int_or_none(state: dict, key: str) -> int | None:
     return int(value)
 
 
-def _json_value(text: str | None, path: Path, key: str, kind: type) -> Any:
+def _json_value(text: str | None, source: str, key: str, kind: type) -> Any:
     if not text:
         return None
     try:
         value = json.loads(text)
     except ValueError as exc:
-        log.error("snapshot %s: %s is not valid JSON (%s); ignored", path.name, key, exc)
+        log.error("snapshot %s: %s is not valid JSON (%s); ignored", source, key, exc)
         return None
     if not isinstance(value, kind):
-        log.error("snapshot %s: %s is not a JSON %s; ignored", path.name, key,
+        log.error("snapshot %s: %s is not a JSON %s; ignored", source, key,
                   "object" if kind is dict else "array")
         return None
     return value

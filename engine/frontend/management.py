@@ -195,7 +195,7 @@ class ManagementRoutes:
     # -- describe / list ---------------------------------------------------------------
 
     def _describe_one(self, mv: ModelVersion) -> dict[str, Any]:
-        gpu = bool(getattr(self.models.devices, "gpu_count", 0))
+        gpu = bool(getattr(mv.pool.devices, "gpu_count", 0))
         workers = [{"id": w.id, "startTime": iso_time(w.start_time),
                     "status": "READY" if w.alive and w.status == "READY" else w.status,
                     "memoryUsage": memory_usage(w.pid), "pid": w.pid if w.pid else -1,

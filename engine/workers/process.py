@@ -32,6 +32,7 @@ from typing import Callable, TextIO
 from ..errors import WorkerError
 from . import protocol
 from .connection import WorkerConnection
+from .environment import worker_environment
 
 log = logging.getLogger("dagserve.workers")
 
@@ -54,6 +55,9 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
+    limit_max_image_pixels: bool = True
+    env_blacklist: str | None = None  # blacklist_env_vars: kept from the worker's environment
+    max_retry_timeout_s: float = 300.0  # maxRetryTimeoutInSec: how long restarts are tried
     extra: dict = field(default_factory=dict)
 
 
@@ -122,13 +126,15 @@ class WorkerProcess:
             "model_name": self.spec.model_name, "handler": self.spec.handler,
             "gpu_id": self.gpu_id, "batch_size": self.spec.batch_size, "threads": self.threads,
             "decode_input": self.spec.decode_input, "server_version": self.spec.server_version,
-            "config_file": self.spec.config_file, **self.spec.extra,
+            "config_file": self.spec.config_file,
+            "limit_max_image_pixels": self.spec.limit_max_image_pixels, **self.spec.extra,
         }
         out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings", json.dumps(settings),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            cwd=str(self.spec.model_dir), start_new_session=True)
+            cwd=str(self.spec.model_dir), start_new_session=True,
+            env=worker_environment(os.environ, self.spec.env_blacklist))
         self.pid = self._proc.pid
         watcher = asyncio.ensure_future(self._watch_exit())
         try:
