@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -111,6 +112,13 @@ def _parse_int(key: str, value: str) -> int:
         raise ConfigError(f"{key} must be an integer, got {value!r}") from None
 
 
+def _check_regex(key: str, value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{key} is not a valid regular expression: {exc}") from None
+
+
 def _split_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.replace(" ", ",").split(",") if v.strip())
 
@@ -126,6 +134,8 @@ def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Confi
         elif key in _INT_KEYS:
             changes[key] = _parse_int(key, value)
         elif key in _STR_KEYS:
+            if key == "blacklist_env_vars":
+                _check_regex(key, value)
             changes[key] = value
         elif key in _PATH_KEYS:
             changes[key] = (base / value).resolve() if value else None

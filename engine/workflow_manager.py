@@ -59,7 +59,8 @@ class WorkflowManager:
 
     # -- registration ---------------------------------------------------------------------
 
-    async def register(self, url: str, name: str | None = None) -> WorkflowEntry:
+    async def register(self, url: str, name: str | None = None,
+                       response_timeout: int | None = None) -> WorkflowEntry:
         archive, temporary = await self.models.fetch(url, self.cfg.workflow_store)
         try:
             wf_dir = await self.models.unpack(archive, Path(url).stem)
@@ -78,7 +79,8 @@ class WorkflowManager:
             raise
         try:
             compiled = self._compile(wf_dir, manifest, name, Path(url).name)
-            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler)
+            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler,
+                                            response_timeout)
         except BaseException:
             self.registry.release_workflow(name)
             shutil.rmtree(wf_dir, ignore_errors=True)
@@ -109,7 +111,8 @@ class WorkflowManager:
         return compiled
 
     async def _start_nodes(self, name: str, compiled: CompiledWorkflow, wf_dir: Path,
-                           handler: str) -> dict[str, ModelVersion]:
+                           handler: str, response_timeout: int | None = None,
+                           ) -> dict[str, ModelVersion]:
         started: dict[str, ModelVersion] = {}
 
         async def start(node: str) -> None:
@@ -119,7 +122,7 @@ class WorkflowManager:
                                 max_batch_delay=settings.max_batch_delay_ms,
                                 initial_workers=max(1, settings.min_workers),
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
-                                owner=name)
+                                response_timeout=response_timeout, owner=name)
             if compiled.graph.nodes[node]["kind"] == "model":
                 mv, _ = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)

@@ -37,6 +37,7 @@ from .params import (
     request_params,
     status_message,
 )
+from .customized import customized_metadata
 from .workflow_routes import add_workflow_routes
 
 log = logging.getLogger("dagserve.management")
@@ -219,7 +220,11 @@ class ManagementRoutes:
             found = self.registry.versions(name)
         else:
             found = [self.registry.get(name, version)]
-        return json_ok([self._describe_one(mv) for mv in found])
+        described = [self._describe_one(mv) for mv in found]
+        if bool_param(request.query, "customized", False):
+            for entry, mv in zip(described, found):
+                entry["customizedMetadata"] = await customized_metadata(mv)
+        return json_ok(described)
 
     async def list(self, request: web.Request) -> web.Response:
         listed = []
@@ -310,6 +315,7 @@ def build_management_app(server, middlewares: list) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=server.cfg.max_request_size)
     r = app.router
     r.add_route("OPTIONS", "/", routes.options)
+    r.add_get("/api-description", routes.options)
     r.add_get("/models", routes.list)
     r.add_post("/models", routes.register)
     r.add_get("/models/{model_name}", routes.describe)

@@ -35,7 +35,10 @@ class WorkflowRoutes:
         if not isinstance(url, str):
             raise BadRequestError(f"Parameter url must be a string, got {url!r}")
         bool_param(params, "synchronous", True)
-        entry = await self.manager.register(url, name_param(params, "workflow_name"))
+        # TorchServe gives its node models this response timeout (seconds, default 120)
+        timeout = int_param(params, "response_timeout", None, minimum=1)
+        entry = await self.manager.register(url, name_param(params, "workflow_name"),
+                                            response_timeout=timeout)
         self._save_snapshot()
         return status_message(f"Workflow {entry.name} has been registered and scaled "
                               "successfully.")
