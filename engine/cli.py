@@ -416,6 +416,10 @@ def _children(pid: int) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["install-aliases"]:
+        from .aliases import main as install_aliases
+
+        return install_aliases(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already explained
