@@ -95,9 +95,9 @@ def compile_model(model: Any, pt2: Any) -> Any:
         return model
     backend = options.get("backend")
     if backend is not None:
-        import torch._dynamo
+        from torch import _dynamo
 
-        available = torch._dynamo.list_backends(exclude_tags=())
+        available = _dynamo.list_backends(exclude_tags=())
         if backend not in available:
             log.warning("pt2: backend %r is not available here (available: %s); serving the "
                         "model uncompiled", backend, ", ".join(sorted(available)))
