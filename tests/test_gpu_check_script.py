@@ -30,7 +30,7 @@ def test_compare_reports_device_shape_and_value_differences():
     assert gpu_check.compare("m", good, ["cpu"], [1.0, 2.0]) == \
         ["m: ran on ['cuda:0'], expected ['cpu']"]
     assert "differs by up to" in gpu_check.compare("m", good, ["cuda:0"], [1.0, 2.1])[0]
-    assert "2 values, expected (3,)" in gpu_check.compare("m", good, ["cuda:0"], [1, 2, 3])[0]
+    assert "(2,) values, expected (3,)" in gpu_check.compare("m", good, ["cuda:0"], [1, 2, 3])[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here: the real check applies")
