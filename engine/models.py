@@ -240,7 +240,7 @@ class ModelManager:
         def pick(value, *keys, default):
             if value is not None:
                 return value
-            for src in (per_model, acfg):
+            for src in (acfg, per_model):  # API > model-config.yaml > config.properties
                 for k in keys:
                     if k in src:
                         return int(src[k])

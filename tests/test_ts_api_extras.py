@@ -57,11 +57,14 @@ def server(tmp_path_factory):
     build_mar(store, "pathecho", PATH_HANDLER, config_yaml=MODEL_CONFIG)
     build_mar(store, "slowecho", PATH_HANDLER)
     build_war(store, "wfto", WF_SPEC, WF_HANDLER)
+    build_mar(store, "prec", PATH_HANDLER, config_yaml="batchSize: 2\nmaxBatchDelay: 5\n")
     with start_server(work, model_store=store,
                       args=["--disable-token-auth", "--enable-model-api", "--ncs",
                             "--models", "pathecho.mar", "slowecho.mar"],
                       config={"disable_system_metrics": True, "default_workers_per_model": 1,
-                              "blacklist_env_vars": "DROPIN_SECRET.*"},
+                              "blacklist_env_vars": "DROPIN_SECRET.*",
+                              "models": {"prec": {"1.0": {"batchSize": 4, "maxBatchDelay": 77,
+                                                          "responseTimeout": 11}}}},
                       env={"DROPIN_SECRET_TOKEN": "s3cret", "DROPIN_VISIBLE": "yes"}) as srv:
         yield srv
 
@@ -149,3 +152,11 @@ def test_system_metrics_can_be_disabled(server):
     text = requests.get(f"{server.metrics_url}/metrics", timeout=TIMEOUT).text
     assert "ts_inference_requests_total" in text
     assert "CPUUtilization" not in text and "MemoryUsed" not in text
+
+
+def test_precedence_api_then_model_config_then_config_properties(server):
+    registered = requests.post(f"{server.management_url}/models",
+                               params={"url": "prec.mar", "batch_size": 3}, timeout=60)
+    assert registered.status_code == 200, registered.text
+    prec = requests.get(f"{server.management_url}/models/prec", timeout=TIMEOUT).json()[0]
+    assert (prec["batchSize"], prec["maxBatchDelay"], prec["responseTimeout"]) == (3, 5, 11)
