@@ -119,6 +119,15 @@ def _check_regex(key: str, value: str) -> None:
         raise ConfigError(f"{key} is not a valid regular expression: {exc}") from None
 
 
+def _check_json_object(key: str, value: str) -> None:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{key} must be JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{key} must be a JSON object")
+
+
 def _split_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.replace(" ", ",").split(",") if v.strip())
 
@@ -136,6 +145,8 @@ def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Confi
         elif key in _STR_KEYS:
             if key == "blacklist_env_vars":
                 _check_regex(key, value)
+            elif key == "model_snapshot":
+                _check_json_object(key, value)
             changes[key] = value
         elif key in _PATH_KEYS:
             changes[key] = (base / value).resolve() if value else None

@@ -159,7 +159,6 @@ class SystemMetrics:
         self.host: dict[str, float] = {}
         self.gpus: dict[int, dict[str, float]] = {}
         self._cpu: _CpuTimes | None = None
-        self._task: asyncio.Task | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> "SystemMetrics":
@@ -177,23 +176,14 @@ class SystemMetrics:
         if self.names & GPU_METRICS.keys():
             self.gpus = sample_gpus()
 
-    def start(self) -> None:
-        """Take the first reading now (CPU needs two), then sample every interval."""
-        if not self.names or self._task is not None:
-            return
+    async def run(self) -> None:
+        """Sample now (CPU needs two readings: the next comes a second later), then every
+        ``metric_time_interval``; runs in the runtime's task group until it stops."""
         self.sample()
-        self._task = asyncio.ensure_future(self._loop())
-
-    async def _loop(self) -> None:
         await asyncio.sleep(min(1.0, self.interval_s))
         while True:
             self.sample()
             await asyncio.sleep(self.interval_s)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     def describe(self) -> list:
         return []  # names are only known after sampling; skip registry auto-describe

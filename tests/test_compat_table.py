@@ -61,7 +61,7 @@ def test_supported_flags_exist_in_the_parser():
 
 
 def test_model_config_keys_read_by_the_server_are_supported():
-    from dagserve.engine import model_config
+    from dagserve.engine import model_config_keys as model_config
 
     for key in ("deviceType", "deviceIds", "jobQueueSize", "maxRetryTimeoutInSec"):
         assert MODEL_CONFIG_KEYS[key].status != UNSUPPORTED

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import ServiceUnavailableError
+from ..tasks import TaskHandle, TaskOwner
 from .batch_queue import BatchQueue
 from .process import WorkerProcess, WorkerSpec, WorkerStartError
 
@@ -47,9 +48,10 @@ def visible_gpu_count(configured: int | None) -> int:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
-                 sock_dir: Path, log_file: TextIO | None,
+                 sock_dir: Path, log_file: TextIO | None, tasks: TaskOwner,
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
+        self.tasks = tasks
         self.queue = queue
         self.devices = devices
         self.sock_dir = sock_dir
@@ -61,7 +63,7 @@ class WorkerPool:
         self._closed = False
         self._failures = 0
         self._failing_since: float | None = None  # first restart of the current streak
-        self._restarts: set[asyncio.Task] = set()
+        self._restarts: set[TaskHandle] = set()
         self._retiring: dict[WorkerProcess, asyncio.Future] = {}
 
     @property
@@ -83,7 +85,7 @@ class WorkerPool:
     async def _start_one(self) -> WorkerProcess:
         worker = WorkerProcess(self.spec, sock_dir=self.sock_dir, gpu_id=self.devices.next(),
                                threads=self._threads(), log_file=self.log_file,
-                               on_idle=self._worker_idle, on_exit=self._on_exit,
+                               tasks=self.tasks, on_idle=self._worker_idle, on_exit=self._on_exit,
                                on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:
@@ -156,9 +158,21 @@ class WorkerPool:
         if not self.live_workers and not self._restarts and self.min_workers == 0:
             self.queue.fail_pending(self.no_worker_error())
         if len(self.live_workers) + len(self._restarts) < self.min_workers:
-            task = asyncio.ensure_future(self._restart())
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        holder: list[TaskHandle] = []
+
+        async def restart() -> None:
+            try:
+                await self._restart()
+            finally:
+                self._restarts.difference_update(holder)
+
+        handle = self.tasks.spawn(restart, name=f"restart of a worker of {self.spec.model_name}")
+        if not handle.finished:
+            holder.append(handle)
+            self._restarts.add(handle)
 
     async def _restart(self) -> None:
         if self._failing_since is None:
@@ -183,9 +197,7 @@ class WorkerPool:
                     self.queue.fail_pending(self.no_worker_error())
                 return
             if not self._closed and len(self.live_workers) < self.min_workers:
-                task = asyncio.ensure_future(self._restart())
-                self._restarts.add(task)
-                task.add_done_callback(self._restarts.discard)
+                self._schedule_restart()
 
     def _retry_time_over(self) -> bool:
         return self._failing_since is not None and \
@@ -205,8 +217,8 @@ class WorkerPool:
         """Stop every worker; with ``grace_s`` (unregister_model_timeout) the batches they
         are running may finish first, for at most that long."""
         self._closed = True
-        for task in list(self._restarts):
-            task.cancel()
+        for handle in list(self._restarts):
+            handle.cancel()
         workers = list(self.workers)
         if grace_s > 0:
             for worker in workers:
