@@ -24,7 +24,7 @@ from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.devices import DeviceConfigError, ModelDevices
 from .workers.pool import DeviceAllocator, WorkerPool
-from .workers.process import WorkerSpec, WorkerStartError
+from .workers.process import Launcher, WorkerSpec, WorkerStartError
 
 log = logging.getLogger("dagserve.models")
 
@@ -78,7 +78,7 @@ class ModelManager:
 
     def __init__(self, cfg: Config, registry: Registry, *, intake: ArchiveIntake,
                  work_dir: Path, devices: DeviceAllocator, model_log: TextIO | None,
-                 tasks: TaskOwner, on_change: Callable[[], None],
+                 tasks: TaskOwner, launcher: Launcher, on_change: Callable[[], None],
                  on_metrics: Callable[[ModelVersion, list[dict]], None]):
         self.cfg = cfg
         self.registry = registry
@@ -88,6 +88,7 @@ class ModelManager:
         self.devices = devices
         self.model_log = model_log
         self.tasks = tasks
+        self.launcher = launcher
         self.on_change = on_change
         self.on_metrics = on_metrics
 
@@ -194,12 +195,11 @@ class ModelManager:
                           decode_input=self.cfg.decode_input_request,
                           server_version=SERVER_VERSION,
                           limit_max_image_pixels=self.cfg.limit_max_image_pixels,
-                          env_blacklist=self.cfg.blacklist_env_vars,
                           max_retry_timeout_s=extra.max_retry_timeout_s)
         queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(spec, queue, devices=devices, sock_dir=self.sock_dir,
-                          log_file=self.model_log, tasks=self.tasks,
+                          log_file=self.model_log, tasks=self.tasks, launcher=self.launcher,
                           on_metrics=lambda m: self.on_metrics(mv_holder[0], m))
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,

@@ -29,6 +29,8 @@ from .registry import Registry
 from .snapshot import SnapshotManager
 from .system_metrics import SystemMetrics
 from .tasks import TaskOwner
+from .workers.environment import worker_environment
+from .workers.launch import ForkServerLauncher, SubprocessLauncher
 from .workers.pool import DeviceAllocator, visible_gpu_count
 from .workflow_manager import WorkflowManager
 
@@ -66,10 +68,14 @@ class Runtime:
             registry = Registry()
             metrics = MetricsCollector(registry, log=logs.metrics)
             snapshots = SnapshotManager(cfg, registry) if cfg.snapshots else None
+            # blacklist_env_vars: the fork server and every worker start without them
+            env = worker_environment(os.environ, cfg.blacklist_env_vars)
+            launcher = ForkServerLauncher(tasks, logs.model.file, env=env) \
+                if cfg.worker_fork_server else SubprocessLauncher(env)
             models = ModelManager(
                 cfg, registry, intake=ArchiveIntake(cfg.allowed_urls, work_dir),
                 work_dir=work_dir, devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
-                model_log=logs.model.file, tasks=tasks,
+                model_log=logs.model.file, tasks=tasks, launcher=launcher,
                 on_change=snapshots.changed if snapshots is not None else _nothing,
                 on_metrics=metrics.record_handler_metrics)
             workflows = WorkflowManager(cfg, registry, models)
@@ -83,6 +89,8 @@ class Runtime:
             raise
         logs.start(tasks)
         metrics.start_server_log(tasks)
+        if isinstance(launcher, ForkServerLauncher):
+            launcher.start()  # importing torch takes seconds: begin before models load
         if system_metrics.names:
             tasks.spawn(system_metrics.run, name="system metrics")
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,

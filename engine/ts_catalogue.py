@@ -107,7 +107,7 @@ CONFIG_KEYS = _entries([
 
 # Keys dagserve reads beyond TorchServe's (never warned about).
 DAGSERVE_KEYS = frozenset({"load_workflows", "batch_size", "max_batch_delay", "tsConfigFile",
-                           "workflow_snapshot", "plugins_path"})
+                           "workflow_snapshot", "plugins_path", "worker_fork_server"})
 
 # Environment variables TorchServe's start-up reads.
 ENV_VARS = _entries([

@@ -21,7 +21,6 @@ import itertools
 import logging
 import os
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ..errors import WorkerError
 from . import protocol
 from ..tasks import TaskOwner
 from .connection import WorkerConnection
-from .environment import worker_environment
+from .launch import ForkServerLauncher, SubprocessLauncher, WorkerHandle
 from .settings import WorkerSettings
 
 log = logging.getLogger("dagserve.workers")
@@ -58,7 +57,6 @@ class WorkerSpec:
     config_file: str | None = None
     server_version: str = ""
     limit_max_image_pixels: bool = True
-    env_blacklist: str | None = None  # blacklist_env_vars: kept from the worker's environment
     max_retry_timeout_s: float = 300.0  # maxRetryTimeoutInSec: how long restarts are tried
 
     def settings_for(self, socket: Path, gpu_id: int | None, threads: int) -> WorkerSettings:
@@ -76,18 +74,22 @@ class Job:
     enqueued: float
 
 
+Launcher = ForkServerLauncher | SubprocessLauncher
+
+
 class WorkerStartError(Exception):
     """The worker could not load its handler (or did not say so in time)."""
 
 
 class WorkerProcess:
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
-                 log_file: TextIO | None, tasks: TaskOwner,
+                 log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_idle: Callable[["WorkerProcess"], None],
                  on_exit: Callable[["WorkerProcess", str], None],
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
         self._tasks = tasks
+        self._launcher = launcher
         self.id = str(next(_ids))
         self.gpu_id = gpu_id
         self.threads = threads
@@ -99,7 +101,7 @@ class WorkerProcess:
         self._on_idle = on_idle
         self._on_exit = on_exit
         self._on_metrics = on_metrics
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: WorkerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._conn: WorkerConnection | None = None
         self._ready: asyncio.Future | None = None
@@ -134,12 +136,8 @@ class WorkerProcess:
         self._server = await loop.create_unix_server(factory, path=str(self._sock_path))
         os.chmod(self._sock_path, 0o600)
         settings = self.spec.settings_for(self._sock_path, self.gpu_id, self.threads)
-        out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings", settings.to_json(),
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            cwd=str(self.spec.model_dir), start_new_session=True,
-            env=worker_environment(os.environ, self.spec.env_blacklist))
+        self._proc = await self._launcher.launch(settings, cwd=self.spec.model_dir,
+                                                 log_file=self._log_file)
         self.pid = self._proc.pid
         self._tasks.spawn(self._watch_exit, name=f"exit watcher of worker {self.id}")
         try:
