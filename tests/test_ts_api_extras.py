@@ -7,7 +7,9 @@ unsupported keys, ``unregister_model_timeout`` (a running request finishes),
 
 from __future__ import annotations
 
+import json
 import threading
+import zipfile
 import time
 
 import pytest
@@ -50,6 +52,18 @@ dag:
 WF_HANDLER = "def pre(data, context):\n    return None if data is None else [b'x' for _ in data]\n"
 
 
+def _without_handler(mar) -> None:
+    """Drop ``model.handler`` from the archive's manifest (the handler file stays)."""
+    with zipfile.ZipFile(mar) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    manifest = json.loads(files["MAR-INF/MANIFEST.json"])
+    del manifest["model"]["handler"]
+    files["MAR-INF/MANIFEST.json"] = json.dumps(manifest, indent=2).encode()
+    with zipfile.ZipFile(mar, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("api-extras")
@@ -58,11 +72,13 @@ def server(tmp_path_factory):
     build_mar(store, "slowecho", PATH_HANDLER)
     build_war(store, "wfto", WF_SPEC, WF_HANDLER)
     build_mar(store, "prec", PATH_HANDLER, config_yaml="batchSize: 2\nmaxBatchDelay: 5\n")
+    _without_handler(build_mar(store, "nohandler", PATH_HANDLER))
     with start_server(work, model_store=store,
                       args=["--disable-token-auth", "--enable-model-api", "--ncs",
                             "--models", "pathecho.mar", "slowecho.mar"],
                       config={"disable_system_metrics": True, "default_workers_per_model": 1,
                               "blacklist_env_vars": "DROPIN_SECRET.*",
+                              "default_service_handler": "handler:handle",
                               "models": {"prec": {"1.0": {"batchSize": 4, "maxBatchDelay": 77,
                                                           "responseTimeout": 11}}}},
                       env={"DROPIN_SECRET_TOKEN": "s3cret", "DROPIN_VISIBLE": "yes"}) as srv:
@@ -160,3 +176,12 @@ def test_precedence_api_then_model_config_then_config_properties(server):
     assert registered.status_code == 200, registered.text
     prec = requests.get(f"{server.management_url}/models/prec", timeout=TIMEOUT).json()[0]
     assert (prec["batchSize"], prec["maxBatchDelay"], prec["responseTimeout"]) == (3, 5, 11)
+
+
+def test_default_service_handler_serves_an_archive_naming_none(server):
+    registered = requests.post(f"{server.management_url}/models",
+                               params={"url": "nohandler.mar", "initial_workers": 1}, timeout=60)
+    assert registered.status_code == 200, registered.text
+    answer = requests.post(f"{server.inference_url}/predictions/nohandler", data=b"x",
+                           timeout=TIMEOUT)
+    assert answer.status_code == 200 and answer.json()["url_path"] == ""

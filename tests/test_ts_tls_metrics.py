@@ -7,6 +7,7 @@ system metrics in /metrics chosen by ``metrics_config``, ``enable_metrics_api=fa
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import shutil
 import subprocess
 import sys
@@ -108,19 +109,28 @@ def test_https_without_certificate_refuses_to_start(tmp_path):
         out.stderr
 
 
-def test_metrics_api_off_and_model_snapshot_restored(tmp_path):
+def test_metrics_api_off_snapshot_token_expiry_and_log_locations(tmp_path):
     store = tmp_path / "model_store"
     build_mar(store, "echo", ECHO_HANDLER)
     snapshot = {"name": "x", "modelCount": 1, "created": 0, "models": {"echo": {"1.0": {
         "defaultVersion": True, "marName": "echo.mar", "minWorkers": 1, "maxWorkers": 2,
         "batchSize": 2, "maxBatchDelay": 30, "responseTimeout": 40}}}}
-    with start_server(tmp_path, model_store=store, args=["--disable-token-auth", "--ncs"],
-                      config={"enable_metrics_api": False,
-                              "model_snapshot": json.dumps(snapshot)}) as srv:
+    with start_server(tmp_path, model_store=store, args=["--ncs"],
+                      config={"enable_metrics_api": False, "token_expiration_min": 2,
+                              "model_snapshot": json.dumps(snapshot)},
+                      env={"LOG_LOCATION": "mylogs", "METRICS_LOCATION": "mymetrics"}) as srv:
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.get(f"{srv.metrics_url}/metrics", timeout=TIMEOUT)
-        echo = requests.get(f"{srv.management_url}/models/echo", timeout=TIMEOUT).json()[0]
+        echo = requests.get(f"{srv.management_url}/models/echo", headers=srv.auth(),
+                            timeout=TIMEOUT).json()[0]
         assert (echo["minWorkers"], echo["maxWorkers"], echo["batchSize"],
                 echo["maxBatchDelay"], echo["responseTimeout"]) == (1, 2, 2, 30, 40)
         assert requests.post(f"{srv.inference_url}/predictions/echo", data=b"hi",
-                             timeout=TIMEOUT).content == b"hi"
+                             headers=srv.auth("inference"), timeout=TIMEOUT).content == b"hi"
+        expires = datetime.fromisoformat(
+            srv.keys()["inference"]["expiration time"].replace("Z", "+00:00"))
+        left = (expires - datetime.now(timezone.utc)).total_seconds()
+        assert 60 < left <= 120  # token_expiration_min=2, not the default 60 minutes
+        assert (tmp_path / "mylogs" / "ts_log.log").is_file()
+        assert not (tmp_path / "logs").exists()
+        assert (tmp_path / "mymetrics").is_dir()
