@@ -13,6 +13,7 @@ from typing import Any, Callable, TextIO
 
 from dagserve import __version__
 from dagserve.archiver import read_model_manifest
+from dagserve.archiver.handler_names import BUILTIN_HANDLERS, parse_handler
 
 from .config import Config
 from .errors import BadRequestError, ConflictError, InternalServerError
@@ -69,6 +70,21 @@ async def install_requirements(model_dir: Path, requirements: str) -> None:
         tail = " ".join(output.decode(errors="replace").strip().splitlines()[-3:])
         raise InternalServerError(f"Failed to install the requirements of {model_dir.name}: "
                                   f"{tail}")
+
+
+def _uses_torch(model_dir: Path, manifest: dict, handler: str) -> bool:
+    """Whether a worker will import torch (then the fork server, which imports it, is worth
+    waiting for): it loads a serialized model, a built-in handler, or a handler file that
+    mentions torch."""
+    if (manifest.get("model") or {}).get("serializedFile"):
+        return True
+    try:
+        name = parse_handler(handler)
+        if name.module in BUILTIN_HANDLERS:
+            return True
+        return b"torch" in (model_dir / name.file_name).read_bytes()
+    except (ValueError, OSError):
+        return True
 
 
 class ModelManager:
@@ -195,7 +211,8 @@ class ModelManager:
                           decode_input=self.cfg.decode_input_request,
                           server_version=SERVER_VERSION,
                           limit_max_image_pixels=self.cfg.limit_max_image_pixels,
-                          max_retry_timeout_s=extra.max_retry_timeout_s)
+                          max_retry_timeout_s=extra.max_retry_timeout_s,
+                          uses_torch=_uses_torch(model_dir, raw, handler))
         queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(spec, queue, devices=devices, sock_dir=self.sock_dir,

@@ -82,9 +82,17 @@ def test_workers_are_forked_from_the_fork_server_and_serve(server):
     fork_server = _ppid(pid)
     assert fork_server != server.pid and _ppid(fork_server) == server.pid
     assert b"workers.zygote" in Path(f"/proc/{fork_server}/cmdline").read_bytes()
-    assert _ppid(_worker_pids(server, "echo")[0]) == fork_server
+    # a torch-free model loaded with the server did not wait for the fork server to import
+    # torch; one registered once it is up is forked too
     assert requests.post(f"{server.inference_url}/predictions/echo", data=b"hi",
                          timeout=30).content == b"hi"
+    resp = requests.post(f"{server.management_url}/models",
+                         params={"url": "echo.mar", "model_name": "late", "initial_workers": 1},
+                         timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert _ppid(_worker_pids(server, "late")[0]) == fork_server
+    assert requests.post(f"{server.inference_url}/predictions/late", data=b"hey",
+                         timeout=30).content == b"hey"
 
 
 def test_a_killed_forked_worker_fails_its_request_and_is_replaced(server):

@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Mapping, Protocol, TextIO
 
 from ..tasks import TaskOwner
 from .settings import WorkerSettings
@@ -45,14 +45,15 @@ class SubprocessLauncher:
         self._base_env = base_env
 
     async def launch(self, settings: WorkerSettings, *, cwd: Path, log_file: TextIO | None,
-                     env: dict[str, str] | None = None) -> WorkerHandle:
+                     env: dict[str, str] | None = None, uses_torch: bool = True) -> WorkerHandle:
         out = log_file if log_file is not None else asyncio.subprocess.DEVNULL
         return await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", WORKER_MODULE, "--settings", settings.to_json(),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd),
-            start_new_session=True,
-            env={**(os.environ if self._base_env is None else self._base_env), **(env or {})}
-            if env or self._base_env is not None else None)
+            start_new_session=True, env={**self._base(), **(env or {})})
+
+    def _base(self) -> Mapping[str, str]:
+        return os.environ if self._base_env is None else self._base_env
 
 
 class ForkedWorker:
@@ -122,9 +123,14 @@ class ForkServerLauncher:
             self._tasks.spawn(self._run, name="the worker fork server")
 
     async def launch(self, settings: WorkerSettings, *, cwd: Path, log_file: TextIO | None,
-                     env: dict[str, str] | None = None) -> WorkerHandle:
+                     env: dict[str, str] | None = None, uses_torch: bool = True) -> WorkerHandle:
+        """Fork the worker. While the fork server is still importing torch, a worker that
+        will not need torch (``uses_torch`` false: no serialized model, a custom handler)
+        starts on its own at once instead of waiting for it."""
         self.start()
         assert self._ready is not None
+        if not self._ready.done() and not uses_torch:
+            return await self._fallback.launch(settings, cwd=cwd, log_file=log_file, env=env)
         if not await asyncio.shield(self._ready) or not self.alive or self._writer is None:
             return await self._fallback.launch(settings, cwd=cwd, log_file=log_file, env=env)
         self._next_id += 1

@@ -58,6 +58,7 @@ class WorkerSpec:
     server_version: str = ""
     limit_max_image_pixels: bool = True
     max_retry_timeout_s: float = 300.0  # maxRetryTimeoutInSec: how long restarts are tried
+    uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
 
     def settings_for(self, socket: Path, gpu_id: int | None, threads: int) -> WorkerSettings:
         return WorkerSettings(
@@ -137,7 +138,8 @@ class WorkerProcess:
         os.chmod(self._sock_path, 0o600)
         settings = self.spec.settings_for(self._sock_path, self.gpu_id, self.threads)
         self._proc = await self._launcher.launch(settings, cwd=self.spec.model_dir,
-                                                 log_file=self._log_file)
+                                                 log_file=self._log_file,
+                                                 uses_torch=self.spec.uses_torch)
         self.pid = self._proc.pid
         self._tasks.spawn(self._watch_exit, name=f"exit watcher of worker {self.id}")
         try:
