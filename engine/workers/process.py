@@ -56,6 +56,8 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
+    limit_max_image_pixels: bool = True
+    max_retry_timeout_s: float = 300.0  # maxRetryTimeoutInSec: how long restarts are tried
     uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
 
     def settings_for(self, socket: Path, gpu_id: int | None, threads: int) -> WorkerSettings:
@@ -63,7 +65,7 @@ class WorkerSpec:
             socket=str(socket), model_dir=str(self.model_dir), model_name=self.model_name,
             handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
             decode_input=self.decode_input, server_version=self.server_version,
-            config_file=self.config_file)
+            config_file=self.config_file, limit_max_image_pixels=self.limit_max_image_pixels)
 
 
 @dataclass(slots=True)
