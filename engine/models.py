@@ -112,8 +112,6 @@ class ModelManager:
         self.cfg = cfg
         self.registry = registry
         self.work_dir = work_dir
-        self.sock_dir = work_dir / "sockets"
-        self.sock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.models_dir = work_dir / "models"
         self.models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.devices = devices
@@ -263,8 +261,7 @@ class ModelManager:
                           server_version=SERVER_VERSION)
         queue = BatchQueue(name, batch_size, self.cfg.job_queue_size)
         mv_holder: list[ModelVersion] = []
-        pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
-                          log_file=self.model_log,
+        pool = WorkerPool(spec, queue, devices=self.devices, log_file=self.model_log,
                           on_metrics=lambda m: self._metrics(mv_holder, m))
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,

@@ -157,4 +157,64 @@ def test_bad_settings_exit_with_usage_error():
     result = subprocess.run([sys.executable, "-m", "dagserve.engine.workers.main", "--settings", "{}"],
                             capture_output=True, cwd=REPO, timeout=60)
     assert result.returncode == 2
-    assert b"needs a non-empty string 'socket'" in result.stderr
+    assert b"needs an inherited socket 'fd' or a non-empty string 'socket'" in result.stderr
+
+
+STUBBORN_HANDLER = """
+    import pathlib, time
+
+    def handle(data, context):
+        if data is None:
+            return None
+        out = []
+        for row in data:
+            seconds = float(row["body"])
+            if seconds > 1:
+                pathlib.Path("started").write_text("yes")
+            try:
+                time.sleep(seconds)
+            except Exception:  # a handler that swallows errors cannot swallow the interrupt
+                pass
+            pathlib.Path("finished").write_text("yes")
+            out.append("slept")
+        return out
+"""
+
+
+def test_sigusr1_interrupts_the_running_batch_and_the_worker_serves_on(tmp_path):
+    """The frontend's cooperative interrupt, over an inherited socketpair end (``fd``)."""
+    import signal
+    import time
+
+    (tmp_path / "stubborn.py").write_text(textwrap.dedent(STUBBORN_HANDLER))
+    ours, theirs = socket.socketpair()
+    settings = {"fd": theirs.fileno(), "model_dir": str(tmp_path), "model_name": "stubborn",
+                "handler": "stubborn.py", "batch_size": 1, "threads": 1}
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "dagserve.engine.workers.main",
+                             "--settings", json.dumps(settings)], cwd=tmp_path,
+                            pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    theirs.close()
+    ours.settimeout(60)
+    try:
+        assert protocol.recv_frame(ours)[0]["op"] == "ready"
+        # outside a batch the signal changes nothing
+        os.kill(proc.pid, signal.SIGUSR1)
+        protocol.send_frame(ours, protocol.encode_predict(
+            [Request("long", [Param("body", "text/plain", b"60")])]))
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGUSR1)
+        meta, _ = protocol.recv_frame(ours)
+        assert meta == {"op": "interrupted"}
+        assert not (tmp_path / "finished").exists()
+        protocol.send_frame(ours, protocol.encode_predict(
+            [Request("quick", [Param("body", "text/plain", b"0")])]))
+        resps = protocol.decode_result(*protocol.recv_frame(ours))
+        assert [(r.id, r.code, r.value) for r in resps] == [("quick", 200, b"slept")]
+    finally:
+        ours.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert b"batch interrupted" in err

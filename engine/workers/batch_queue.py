@@ -64,6 +64,8 @@ class BatchQueue:
         """A worker is free (new, or done with all it held)."""
         worker.on_room = self._worker_has_room
         worker.on_unstarted = self._requeue
+        worker.on_requeue = self.requeue
+        worker.on_gone = self.worker_gone
         if worker in self._room:
             self._room.remove(worker)
         self._idle.append(worker)
@@ -88,6 +90,10 @@ class BatchQueue:
     def _requeue(self, worker: WorkerProcess, jobs: list[Job]) -> None:
         """Jobs a worker held but never started (it died or timed out): first in line."""
         self.worker_gone(worker)
+        self.requeue(jobs)
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Jobs to run again before anything else (a worker gave them back)."""
         for job in reversed(jobs):
             if not job.future.done():
                 self._pending.appendleft(job)

@@ -1,10 +1,11 @@
 """The worker process: ``python -m dagserve.engine.workers.main --settings '<json>'``.
 
-It connects to the frontend's Unix socket, loads the model's handler and says ``ready``
+It talks to the frontend over a Unix socket (the inherited end of a socketpair, ``fd``,
+or a listening socket's path, ``socket``), loads the model's handler and says ``ready``
 (or ``load_failed`` with a one-line reason, then exits 1), then serves ``predict`` frames
 until the frontend closes the socket (exit 0).
 
-Settings (JSON object): ``socket``, ``model_dir``, ``model_name``, ``handler``, ``gpu_id``
+Settings (JSON object): ``fd`` or ``socket``, ``model_dir``, ``model_name``, ``handler``, ``gpu_id``
 (int or null), ``batch_size``, ``threads`` (> 0: torch's intra-op threads, with one
 inter-op thread), ``decode_input`` (true), ``limit_max_image_pixels`` (true),
 ``server_version``, ``config_file`` (model-config YAML, else the manifest's). Unknown keys
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .interrupt import BatchGuard, BatchInterrupted
 
 
 def _parse_settings(argv: list[str] | None) -> dict[str, Any]:
@@ -45,10 +47,27 @@ def _parse_settings(argv: list[str] | None) -> dict[str, Any]:
         parser.error(f"--settings is not valid JSON: {exc}")
     if not isinstance(settings, dict):
         parser.error("--settings must be a JSON object")
-    for key in ("socket", "model_dir", "model_name"):
+    if not isinstance(settings.get("fd"), int) and not (
+            isinstance(settings.get("socket"), str) and settings["socket"]):
+        parser.error("--settings needs an inherited socket 'fd' or a non-empty string 'socket'")
+    for key in ("model_dir", "model_name"):
         if not isinstance(settings.get(key), str) or not settings[key]:
             parser.error(f"--settings needs a non-empty string {key!r}")
     return settings
+
+
+def _connect(settings: dict[str, Any]) -> socket.socket:
+    """The socket to the frontend: an inherited socketpair end (no path, so no AF_UNIX
+    path-length limit), else a connection to the listening socket's path."""
+    if isinstance(settings.get("fd"), int):
+        return socket.socket(fileno=settings["fd"])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(settings["socket"])
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _limit_threads_before_load(threads: Any) -> None:
@@ -101,6 +120,9 @@ def serve(sock: socket.socket, service: Any) -> None:
     sendall = sock.sendall
     decode_predict, encode_result = protocol.decode_predict, protocol.encode_result
     predict = service.predict
+    guard = BatchGuard()
+    guard.install()
+    interrupted = protocol.pack({"op": "interrupted"})
     while True:
         try:
             meta, body = read()
@@ -109,7 +131,15 @@ def serve(sock: socket.socket, service: Any) -> None:
         op = meta.get("op")
         if op != "predict":
             raise protocol.ProtocolError(f"unexpected frame op {op!r} (expected 'predict')")
-        responses, metrics = predict(decode_predict(meta, body))
+        requests = decode_predict(meta, body)
+        try:
+            with guard:
+                responses, metrics = predict(requests)
+        except BatchInterrupted:
+            print(f"worker {os.getpid()}: batch interrupted (abandoned by the frontend)",
+                  file=sys.stderr)
+            sendall(interrupted)
+            continue
         sendall(encode_result(responses, metrics))
 
 
@@ -129,11 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = str(Path(settings["model_dir"]).resolve())
     sys.path.insert(0, model_dir)
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(settings["socket"])
+        sock = _connect(settings)
     except OSError as exc:
-        print(f"worker could not connect to {settings['socket']}: {exc}", file=sys.stderr)
+        print(f"worker could not connect to the frontend: {exc}", file=sys.stderr)
         return 2
 
     name = settings["model_name"]

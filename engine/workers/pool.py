@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import logging
 import os
-from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import ServiceUnavailableError
@@ -46,12 +45,11 @@ def visible_gpu_count(configured: int | None) -> int:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
-                 sock_dir: Path, log_file: TextIO | None,
+                 log_file: TextIO | None,
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
         self.queue = queue
         self.devices = devices
-        self.sock_dir = sock_dir
         self.log_file = log_file
         self.on_metrics = on_metrics
         self.workers: list[WorkerProcess] = []
@@ -79,7 +77,7 @@ class WorkerPool:
         return max(1, ((os.cpu_count() or 1) - 1) // max(1, self.min_workers))
 
     async def _start_one(self) -> WorkerProcess:
-        worker = WorkerProcess(self.spec, sock_dir=self.sock_dir, gpu_id=self.devices.next(),
+        worker = WorkerProcess(self.spec, gpu_id=self.devices.next(),
                                threads=self._threads(), log_file=self.log_file,
                                on_idle=self._worker_idle, on_exit=self._on_exit,
                                on_metrics=self.on_metrics)
@@ -173,6 +171,12 @@ class WorkerPool:
                 task = asyncio.ensure_future(self._restart())
                 self._restarts.add(task)
                 task.add_done_callback(self._restarts.discard)
+
+    def abandon(self, future: asyncio.Future) -> None:
+        """A caller gave up on the job of ``future`` (a node timeout): interrupt the batch
+        running it if nobody else waits for that batch."""
+        for worker in self.workers:
+            worker.abandon(future)
 
     def no_worker_error(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
