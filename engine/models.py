@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import shutil
 import sys
 import tempfile
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,8 +18,8 @@ from dagserve import __version__
 from dagserve.archiver import ArchiveError, read_model_manifest, unpack
 
 from .config import Config
-from .errors import (BadRequestError, ConflictError, InternalServerError,
-                     ModelNotFoundError)
+from .errors import BadRequestError, ConflictError, InternalServerError
+from .fetch import fetch_archive
 from .registry import ModelVersion, Registry
 from .workers.batch_queue import BatchQueue
 from .workers.pool import DeviceAllocator, WorkerPool
@@ -47,35 +45,6 @@ class ModelOptions:
     owner: str | None = None
     loaded_at_startup: bool = False
     version: str | None = None
-
-
-def check_url(url: str, allowed: tuple[str, ...]) -> None:
-    if ".." in url:
-        raise ModelNotFoundError(f"Relative path is not allowed in url: {url}")
-    if re.match(r"^(https?|file)://", url) and not any(re.fullmatch(p, url) for p in allowed):
-        raise ModelNotFoundError(f"Given URL {url} does not match any allowed URL(s)")
-
-
-async def download(url: str, dest: Path, max_bytes: int) -> None:
-    import aiohttp
-
-    try:
-        timeout = aiohttp.ClientTimeout(total=300)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(url) as resp:
-                if resp.status != 200:
-                    raise BadRequestError(f"Failed to download archive from: {url} "
-                                          f"(HTTP {resp.status})")
-                size = 0
-                with dest.open("wb") as fh:
-                    async for chunk in resp.content.iter_chunked(1 << 16):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise BadRequestError(f"Failed to download archive from: {url} "
-                                                  f"(larger than {max_bytes} bytes)")
-                        fh.write(chunk)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise BadRequestError(f"Failed to download archive from: {url} ({exc})") from None
 
 
 def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
@@ -130,34 +99,18 @@ class ModelManager:
 
     async def fetch(self, url: str, store: Path | None) -> tuple[Path, bool]:
         """Local path of the archive named by ``url``; True when it is a temporary download."""
-        check_url(url, self.cfg.allowed_urls)
-        if url.startswith(("http://", "https://")):
-            name = Path(urllib.parse.urlparse(url).path).name or "download.mar"
-            tmp = Path(tempfile.mkdtemp(dir=self.work_dir)) / name
-            try:
-                await download(url, tmp, self.MAX_ARCHIVE_BYTES)
-            except BaseException:
-                shutil.rmtree(tmp.parent, ignore_errors=True)
-                raise
-            return tmp, True
-        if url.startswith("file://"):
-            path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
-        else:
-            if store is None:
-                raise ModelNotFoundError(f"Model not found in model store: {url} "
-                                         "(no model store configured)")
-            path = (store / url.lstrip("/")).resolve()
-            if not path.is_relative_to(store.resolve()):  # a link out of the store
-                raise ModelNotFoundError(f"Model not found in model store: {url}")
-        if not path.exists():
-            raise ModelNotFoundError(f"Model not found in model store: {url}")
-        return path, False
+        return await fetch_archive(url, store, self.cfg.allowed_urls, self.work_dir,
+                                   self.MAX_ARCHIVE_BYTES)
 
     async def unpack(self, archive: Path, prefix: str) -> Path:
         dest = Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.models_dir))
         dest.rmdir()
         try:
-            return await asyncio.to_thread(unpack, archive, dest)
+            # in a thread: a large archive never blocks the event loop
+            return await asyncio.to_thread(unpack, archive, dest,
+                                           max_total_bytes=self.cfg.max_archive_size,
+                                           max_files=self.cfg.max_archive_entries,
+                                           max_ratio=self.cfg.max_archive_ratio)
         except ArchiveError as exc:
             raise BadRequestError(f"Invalid archive {archive.name}: {exc}") from None
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
 from .config import Config, split_address, startup_entries
 from .errors import DagserveError
+from .frontend.http_guard import guard
 from .frontend.inference import build_inference_server
 from .frontend.management import build_management_app
 from .frontend.metrics_api import build_metrics_app
@@ -24,9 +23,12 @@ from .frontend.middleware import make_common_middleware
 from .logs import setup_logging
 from .metrics import MetricsCollector
 from .models import ModelManager, ModelOptions
+from .readiness import Readiness
+from .redact import server_redactor
 from .registry import Registry
 from .snapshot import SnapshotManager
 from .workflow_manager import WorkflowManager
+from . import workdir
 from .workers.pool import DeviceAllocator, visible_gpu_count
 
 log = logging.getLogger("dagserve.server")
@@ -60,6 +62,7 @@ class Server:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.registry = Registry()
+        self.readiness = Readiness(self.registry)  # Readiness.report(): /ping?ready=true
         self.runners: list[web.BaseRunner] = []
         self.work_dir: Path | None = None
         self.model_log = None
@@ -73,8 +76,7 @@ class Server:
         cfg = self.cfg
         cfg.log_dir.mkdir(parents=True, exist_ok=True)
         self.logs = setup_logging(cfg)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="dagserve-"))
-        os.chmod(self.work_dir, 0o700)
+        self.work_dir = workdir.create()  # and remove those of killed servers
         self.model_log = self.logs.model.file  # workers write their output straight to it
         devices = DeviceAllocator(visible_gpu_count(cfg.number_of_gpu))
         self.models = ModelManager(cfg, self.registry, work_dir=self.work_dir, devices=devices,
@@ -86,12 +88,13 @@ class Server:
         self.metrics.start_server_log()
         # every response counts in Requests2XX/4XX/5XX and goes to the access log
         common = make_common_middleware(self.metrics.counting(self.logs.access),
-                                        cors_headers(cfg))
+                                        cors_headers(cfg), server_redactor(cfg, self.work_dir))
         auth = self._auth_middlewares()
         inference = build_inference_server(
             self.registry, middlewares=[common, *auth.get("inference", [])],
             max_request_size=cfg.max_request_size, run_workflow=self.workflows.run,
-            max_response_size=cfg.max_response_size, access_log=None)
+            max_response_size=cfg.max_response_size, readiness=self.readiness,
+            access_log=None)
         management = build_management_app(self, middlewares=[common,
                                                              *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
@@ -102,9 +105,11 @@ class Server:
         for address, runner in runners:
             host, port = split_address(address)
             await runner.setup()
+            guard(runner.server, cfg.request_header_timeout, cfg.request_body_timeout)
             self.runners.append(runner)
             await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
         await self._load_at_start()
+        self.readiness.startup_done = True
         _settle_heap()
 
     @staticmethod

@@ -9,6 +9,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from dagserve.engine.scheduler import NodePlan, Plan
 from dagserve.engine.workers import protocol
 from dagserve.engine.workers.batch_queue import BatchQueue
@@ -83,6 +85,10 @@ class FakeWorker:
         self.on_unstarted = None
         self.sent: list[list[str]] = []
 
+    @property
+    def held_jobs(self) -> int:
+        return len(self.held or [])
+
     def can_take_batch(self) -> bool:
         return not self.running or self.held is None
 
@@ -135,6 +141,28 @@ def test_busy_workers_hold_a_request_and_a_dead_one_hands_it_back():
             await asyncio.sleep(0)
         results = [f.exception() is None for f in futures]
         assert results.count(True) == 5 and results.count(False) == 1
+
+    asyncio.run(go())
+
+
+def test_job_queue_size_counts_what_busy_workers_hold():
+    """job_queue_size=2 with one worker: one running, exactly two waiting (one of them held
+    by the worker, one in the queue); the next is refused."""
+    from dagserve.engine.errors import ServiceUnavailableError
+
+    async def go() -> None:
+        queue = BatchQueue("m", 1, 2)
+        w = FakeWorker(queue)
+        queue.worker_ready(w)
+        admitted = []
+        for i in range(3):
+            admitted.append(queue.submit(Request(str(i), [])))
+            await asyncio.sleep(0)
+        assert w.sent == [["0"], ["1"]] and queue.pending == 1
+        with pytest.raises(ServiceUnavailableError):
+            queue.submit(Request("3", []))
+        w.finish()  # 1 starts, 2 is held: room for one more
+        queue.submit(Request("4", []))
 
     asyncio.run(go())
 

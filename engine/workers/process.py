@@ -106,6 +106,7 @@ class WorkerProcess:
         self._ready: asyncio.Future | None = None
         self._inflight: list[Job] = []  # the batch the worker is running
         self._held: deque[list[Job]] = deque()  # batches waiting behind it in the socket
+        self.held_jobs = 0  # the jobs in those batches (they count as queued)
         self._started = 0.0  # when the running batch started
         self._batch_s = HOLD_BUDGET_S  # moving average of how long a batch takes
         # Set by the queue that feeds this worker: a batch finished and another is still
@@ -236,6 +237,7 @@ class WorkerProcess:
         assert self._conn is not None and jobs
         if self._inflight:
             self._held.append(jobs)
+            self.held_jobs += len(jobs)
         else:
             self._inflight = jobs
             self._start_batch(time.perf_counter())
@@ -326,6 +328,7 @@ class WorkerProcess:
         self._batch_s += 0.2 * (now - self._started - self._batch_s)
         if self._held:  # the worker has started the batch behind this one
             self._inflight = self._held.popleft()
+            self.held_jobs -= len(self._inflight)
             self._start_batch(now)
             if all(job.future.done() for job in self._inflight) and not self._timed_out:
                 self._interrupt()  # nobody waits for it any more
@@ -388,6 +391,7 @@ class WorkerProcess:
         jobs, self._inflight = self._inflight, []
         unstarted = [job for batch in self._held for job in batch]
         self._held.clear()
+        self.held_jobs = 0
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)
