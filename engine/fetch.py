@@ -1,4 +1,4 @@
-"""Where a registration's ``url`` may point, and fetching it.
+r"""Where a registration's ``url`` may point, and fetching it.
 
 ``allowed_urls`` (TorchServe's key: regular expressions, a URL must match one in full) is
 checked against what will really be read, not against the text the client sent:
@@ -11,9 +11,10 @@ checked against what will really be read, not against the text the client sent:
   download before the next host is contacted);
 - loopback, link-local and unspecified addresses (``127.0.0.0/8``, ``::1``,
   ``169.254.0.0/16`` with the cloud metadata endpoints, ``fe80::/10``, ``0.0.0.0``) are
-  refused unless a pattern names the host itself (``http://127\\.0\\.0\\.1:8000/.*``): the
-  default ``http(s)?://.*`` does not. A host name is checked on the addresses it resolves to,
-  and the connection goes to exactly those addresses (no second lookup to rebind).
+  refused unless a pattern that matches the URL names the host itself
+  (``http://127\.0\.0\.1:8000/.*``): the default ``http(s)?://.*`` does not. A host
+  name is checked on the addresses it resolves to, and the connection goes to exactly those
+  addresses (no second lookup to rebind).
 """
 
 from __future__ import annotations
@@ -67,19 +68,25 @@ def check_url(url: str, allowed: tuple[str, ...]) -> None:
         raise UrlRefused(f"Relative path is not allowed in url: {url}")
     if not is_remote(url):
         return
-    canonical = canonical_url(url)
-    if not any(re.fullmatch(p, canonical) for p in allowed):
+    matching = matching_patterns(url, allowed)
+    if not matching:
         raise UrlRefused(f"Given URL {url} does not match any allowed URL(s)")
     host = urllib.parse.urlsplit(url).hostname
     if url.startswith("http") and host and _is_ip(host) and is_internal(host) and \
-            not names_host(allowed, host):
+            not names_host(matching, host):
         raise UrlRefused(internal_message(url))
 
 
-def names_host(allowed: tuple[str, ...], host: str) -> bool:
+def matching_patterns(url: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``allowed_urls`` patterns that match ``url`` (its decoded, normalised form)."""
+    canonical = canonical_url(url)
+    return tuple(p for p in allowed if re.fullmatch(p, canonical))
+
+
+def names_host(patterns: tuple[str, ...], host: str) -> bool:
     """True when a pattern spells ``host`` out (literally or regex-escaped)."""
     escaped = re.escape(host)
-    return any(host in p or escaped in p for p in allowed)
+    return any(host in p or escaped in p for p in patterns)
 
 
 def _is_ip(host: str) -> bool:
@@ -109,15 +116,19 @@ def file_url_path(url: str, allowed: tuple[str, ...]) -> Path:
     return Path(urllib.parse.urlsplit(canonical_url(url)).path)
 
 
-def _guarded_resolver(allowed: tuple[str, ...], refused: list[str]):
-    """An aiohttp resolver that refuses names resolving to internal addresses."""
+def _guarded_resolver(refused: list[str]):
+    """An aiohttp resolver that refuses names resolving to internal addresses unless one of
+    its ``patterns`` (those matching the URL being fetched) names the host."""
     from aiohttp.resolver import DefaultResolver
 
     class GuardedResolver(DefaultResolver):  # type: ignore[misc, valid-type]
+        patterns: tuple[str, ...] = ()
+
         async def resolve(self, host: str, port: int = 0,
                           family: socket.AddressFamily = socket.AF_INET):
             results = await super().resolve(host, port, family)
-            if not names_host(allowed, host) and any(is_internal(r["host"]) for r in results):
+            if not names_host(self.patterns, host) and \
+                    any(is_internal(r["host"]) for r in results):
                 refused.append(host)
                 raise OSError(f"{host} resolves to a loopback or link-local address")
             return results
@@ -133,13 +144,16 @@ async def download(url: str, dest: Path, max_bytes: int, allowed: tuple[str, ...
     current = url
     try:
         timeout = aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_S)
-        connector = aiohttp.TCPConnector(resolver=_guarded_resolver(allowed, refused))
+        resolver = _guarded_resolver(refused)
+        # no connection reuse: each hop's host is resolved (and checked) afresh
+        connector = aiohttp.TCPConnector(resolver=resolver, force_close=True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             for _ in range(MAX_REDIRECTS + 1):
                 check_url(current, allowed)
                 if not current.startswith(("http://", "https://")):
                     raise UrlRefused(f"Download of {url} was redirected to {current}, "
                                      "which is not an http(s) URL")
+                resolver.patterns = matching_patterns(current, allowed)
                 async with session.get(current, allow_redirects=False) as resp:
                     if resp.status in _REDIRECTS and "Location" in resp.headers:
                         current = urllib.parse.urljoin(current, resp.headers["Location"])
