@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
 PORT_ARGS ?=
 
-.PHONY: setup setup-examples test serve examples bench clean
+.PHONY: setup setup-examples test faults fuzz serve examples bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ setup-examples: $(EXAMPLES_STAMP)
 
 test: setup-examples
 	$(PY) -m pytest -q
+
+# The fault suite alone (also part of `make test`), writing the figures of docs/reliability.md.
+FAULT_REPORT ?= logs/fault-report.jsonl
+faults: setup
+	mkdir -p $(dir $(FAULT_REPORT)) && rm -f $(FAULT_REPORT)
+	DAGSERVE_FAULT_REPORT=$(FAULT_REPORT) $(PY) -m pytest -q tests/faults tests/fuzz
+	$(PY) tests/faults/report.py $(FAULT_REPORT)
+
+# Schema-driven fuzzing of the REST APIs, longer than the suite's run (zero 5xx allowed).
+FUZZ_EXAMPLES ?= 150
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/fuzz
 
 examples: setup-examples
 	$(PY) examples/build.py --model-store model_store --workflow-store wf_store

@@ -63,7 +63,10 @@ def is_remote(url: str) -> bool:
 
 def check_url(url: str, allowed: tuple[str, ...]) -> None:
     """Refuse ``url`` unless an ``allowed_urls`` pattern matches it (``http(s)``/``file``
-    URLs; a bare name in the store is checked where it is opened). Raises UrlRefused."""
+    URLs; a bare name in the store is checked where it is opened). Raises UrlRefused, or
+    BadRequestError for a URL no file or host can have."""
+    if not url or any(ord(c) < 32 or c == "\x7f" for c in url):
+        raise BadRequestError(f"Invalid url {url!r}: empty or with control characters")
     if ".." in url:
         raise UrlRefused(f"Relative path is not allowed in url: {url}")
     if not is_remote(url):
