@@ -52,17 +52,22 @@ def figures(request):
 
 
 def post_many(url: str, bodies: list[bytes], *, threads: int = 8,
-              timeout: float = REQUEST_TIMEOUT) -> list[int | str]:
+              timeout: float = REQUEST_TIMEOUT, answered: list | None = None) -> list[int | str]:
     """POST each body concurrently; the status of each, or the exception's class name when
-    it was not answered within ``timeout``."""
+    it was not answered within ``timeout``. ``answered`` (if given) gets each status as it
+    comes, for a test that acts in the middle of the load; the result is then empty."""
     def one(body: bytes) -> int | str:
         try:
-            return requests.post(url, data=body, timeout=timeout).status_code
+            status: int | str = requests.post(url, data=body, timeout=timeout).status_code
         except requests.RequestException as exc:
-            return type(exc).__name__
+            status = type(exc).__name__
+        if answered is not None:
+            answered.append(status)
+        return status
 
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, bodies))
+        statuses = list(pool.map(one, bodies))
+    return [] if answered is not None else statuses
 
 
 def count(statuses: list[int | str], figures: Figures) -> None:

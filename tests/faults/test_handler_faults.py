@@ -39,6 +39,24 @@ def handle(data, context):
     return []
 '''
 
+GATED_HANDLER = '''
+import os
+import time
+
+
+class Gated:
+    """Loads only once the test opens the gate (a file): "still loading" for as long as the
+    test needs, without a timing guess."""
+
+    def initialize(self, context):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.environ["FAULT_GATE"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def handle(self, data, context):
+        return ["open"] * len(data)
+'''
+
 RAISING_HANDLER = '''
 def handle(data, context):
     if data is None:
@@ -53,9 +71,10 @@ def server(tmp_path_factory):
     store = work / "store"
     for name, source in (("echo", ECHO_HANDLER), ("flood", FLOOD_HANDLER),
                          ("abort", ABORT_HANDLER), ("initfail", FAILING_INIT_HANDLER),
-                         ("wrongcount", WRONG_COUNT_HANDLER), ("raising", RAISING_HANDLER)):
+                         ("wrongcount", WRONG_COUNT_HANDLER), ("raising", RAISING_HANDLER),
+                         ("gated", GATED_HANDLER)):
         build_mar(store, name, source)
-    srv = start_server(work, model_store=store, args=["--disable-token-auth", "--enable-model-api", "--ncs"])
+    srv = start_server(work, model_store=store, env={"FAULT_GATE": str(work / "gate")}, args=["--disable-token-auth", "--enable-model-api", "--ncs"])
     try:
         for name in ("echo", "flood", "abort", "wrongcount", "raising"):
             resp = requests.post(srv.management_url + "/models", timeout=120,
@@ -145,3 +164,28 @@ def test_a_raising_handler_answers_every_request_and_keeps_its_worker(server, fi
     assert statuses == [503] * 6
     assert worker_pids(server, "raising") == before
     echo_still_serves(server)
+
+
+def test_ping_stays_healthy_while_a_model_loads_and_readiness_reports_it(server, figures):
+    """Regression (issue 17, 5): /ping answered 500 Unhealthy while any model registered."""
+    gate = server.workdir / "gate"
+    resp = requests.post(server.management_url + "/models", timeout=REQUEST_TIMEOUT,
+                         params={"url": "gated.mar", "initial_workers": 1,
+                                 "synchronous": "false"})
+    assert resp.status_code == 202, resp.text
+    ping = requests.get(server.inference_url + "/ping", timeout=REQUEST_TIMEOUT)
+    assert (ping.status_code, ping.json()) == (200, {"status": "Healthy"})
+    ready = requests.get(server.inference_url + "/ping", params={"ready": "true"},
+                         timeout=REQUEST_TIMEOUT)
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "Not Ready"
+    assert [m["modelName"] for m in ready.json()["loading"]] == ["gated"]
+    echo_still_serves(server)
+    gate.write_text("open")
+    figures.requests = 4
+    figures.recover_s = recover(lambda: requests.get(
+        server.inference_url + "/ping", params={"ready": "true"},
+        timeout=REQUEST_TIMEOUT).status_code == 200)
+    resp = requests.post(server.inference_url + "/predictions/gated", data=b"x",
+                         timeout=REQUEST_TIMEOUT)
+    assert resp.content == b"open"

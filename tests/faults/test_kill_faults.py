@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 import requests
@@ -42,17 +43,19 @@ def test_workers_killed_under_load_every_request_is_answered(tmp_path, store, fi
         assert resp.status_code == 200, resp.text
         victims = ready_pids(srv, "echo")
         results: list = []
-        load = threading.Thread(target=lambda: results.extend(post_many(
-            srv.inference_url + "/predictions/echo", [b"x"] * LOAD)))
+        load = threading.Thread(target=post_many, args=(
+            srv.inference_url + "/predictions/echo", [b"x"] * LOAD),
+            kwargs={"threads": 4, "answered": results})
         load.start()
+        assert wait_until(lambda: len(results) >= LOAD // 4, 60)
         for pid in victims:  # both workers, while requests are in flight
             os.kill(pid, signal.SIGKILL)
+        figures.recover_s = recover(
+            lambda: len([p for p in ready_pids(srv, "echo") if p not in victims]) == 2)
         load.join(REQUEST_TIMEOUT * 4)
         count(results, figures)
         assert len(results) == LOAD and figures.unanswered == 0
         assert set(results) <= {200, 500, 503}  # died with its worker, or no worker yet
-        figures.recover_s = recover(
-            lambda: len([p for p in ready_pids(srv, "echo") if p not in victims]) == 2)
         after = post_many(srv.inference_url + "/predictions/echo", [b"y"] * 20)
         assert after == [200] * 20
     finally:
@@ -80,11 +83,14 @@ def test_a_server_killed_and_started_again_restores_and_cleans_up(tmp_path, stor
     # its workers notice the closed socket and exit on their own
     assert wait_until(lambda: not any(pid_alive(p) for p in workers), 15.0)
     assert stale[0].exists()
+    started = time.monotonic()
     second = start_server(tmp_path, model_store=store, ports=first.ports,
                           args=["--disable-token-auth", "--enable-model-api"])
     try:
         assert not stale[0].exists()  # regression (issue 17, 6): it stayed forever
-        figures.recover_s = recover(lambda: ready_pids(second, "echo") != [])
+        recover(lambda: ready_pids(second, "echo") != [])
+        figures.recover_s = round(time.monotonic() - started, 2)  # start, restore, serve
+        figures.notes = "time from the new start to its restored model serving"
         statuses = post_many(second.inference_url + "/predictions/echo", [b"z"] * 20)
         count(statuses, figures)
         assert statuses == [200] * 20
@@ -108,7 +114,7 @@ def test_register_unregister_churn_under_load(tmp_path, store, figures):
         stop = threading.Event()
 
         def churner() -> None:
-            while not stop.is_set() and len(churn) < 40:
+            while not stop.is_set() and len(churn) < 20:
                 churn.append(requests.post(
                     srv.management_url + "/models", timeout=120,
                     params={"url": "churn.mar", "initial_workers": 1,
@@ -118,13 +124,17 @@ def test_register_unregister_churn_under_load(tmp_path, store, figures):
 
         thread = threading.Thread(target=churner)
         thread.start()
-        statuses = post_many(srv.inference_url + "/predictions/echo", [b"c"] * LOAD, threads=4)
+        statuses: list = []
+        while thread.is_alive() and len(statuses) < 20 * LOAD:  # load for as long as it churns
+            statuses += post_many(srv.inference_url + "/predictions/echo", [b"c"] * 50,
+                                  threads=4)
         stop.set()
         thread.join(120)
         count(statuses, figures)
-        figures.notes = f"{len(churn)} register/unregister calls"
-        assert statuses == [200] * LOAD
-        assert churn and set(churn) == {200}
+        figures.notes = f"{len(churn)} register/unregister calls during the load"
+        assert len(churn) == 20
+        assert set(statuses) == {200}
+        assert set(churn) == {200}
         assert ready_pids(srv, "churn") == []
         assert [p.name for p in srv.unpacked_models()] == \
             [p.name for p in srv.unpacked_models() if p.name.startswith("echo")]
