@@ -7,20 +7,19 @@ import asyncio
 import logging
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
-
-import yaml
+from typing import Any, Callable, TextIO
 
 from dagserve import __version__
-from dagserve.archiver import ArchiveError, read_model_manifest, unpack
+from dagserve.archiver import read_model_manifest
 
 from .config import Config
 from .errors import BadRequestError, ConflictError, InternalServerError
-from .fetch import fetch_archive
+from .handler.model_config import load_model_config, model_config_name
+from .intake import ArchiveIntake
 from .registry import ModelVersion, Registry
+from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.pool import DeviceAllocator, WorkerPool
 from .workers.process import WorkerSpec, WorkerStartError
@@ -49,14 +48,11 @@ class ModelOptions:
 
 def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
     """The archive's model-config.yaml (``configFile`` in the manifest), ``{}`` without one."""
-    name = (manifest.get("model") or {}).get("configFile")
-    if not name:
-        return {}
     try:
-        data = yaml.safe_load((model_dir / name).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise BadRequestError(f"Invalid model config file {name}: {exc}") from None
-    return data if isinstance(data, dict) else {}
+        return load_model_config(model_dir, manifest)
+    except (OSError, ValueError) as exc:
+        raise BadRequestError(f"Invalid model config file "
+                              f"{model_config_name(manifest)}: {exc}") from None
 
 
 async def install_requirements(model_dir: Path, requirements: str) -> None:
@@ -74,19 +70,22 @@ async def install_requirements(model_dir: Path, requirements: str) -> None:
 
 
 class ModelManager:
-    MAX_ARCHIVE_BYTES = 8 << 30
+    """Registers, scales and unregisters model versions. ``on_change`` is called after each
+    change (the snapshot writer); ``on_metrics`` gets the metrics a handler sent with a
+    batch; ``tasks`` owns what runs in the background (async registrations, workers)."""
 
-    def __init__(self, cfg: Config, registry: Registry, *, work_dir: Path,
-                 devices: DeviceAllocator, model_log: TextIO | None, on_change=None):
+    def __init__(self, cfg: Config, registry: Registry, *, intake: ArchiveIntake,
+                 devices: DeviceAllocator, model_log: TextIO | None,
+                 tasks: TaskOwner, on_change: Callable[[], None],
+                 on_metrics: Callable[[ModelVersion, list[dict]], None]):
         self.cfg = cfg
         self.registry = registry
-        self.work_dir = work_dir
-        self.models_dir = work_dir / "models"
-        self.models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.intake = intake
         self.devices = devices
         self.model_log = model_log
-        self.on_change = on_change or (lambda: None)
-        self.on_metrics = None  # set by the metrics module: (ModelVersion, list[dict]) -> None
+        self.tasks = tasks
+        self.on_change = on_change
+        self.on_metrics = on_metrics
 
     def default_workers(self) -> int:
         if self.cfg.default_workers_per_model > 0:
@@ -95,44 +94,17 @@ class ModelManager:
 
         return self.devices.gpu_count or os.cpu_count() or 1
 
-    # -- url -> unpacked directory -------------------------------------------------------
-
-    async def fetch(self, url: str, store: Path | None) -> tuple[Path, bool]:
-        """Local path of the archive named by ``url``; True when it is a temporary download."""
-        return await fetch_archive(url, store, self.cfg.allowed_urls, self.work_dir,
-                                   self.MAX_ARCHIVE_BYTES)
-
-    async def unpack(self, archive: Path, prefix: str) -> Path:
-        dest = Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.models_dir))
-        dest.rmdir()
-        try:
-            # in a thread: a large archive never blocks the event loop
-            return await asyncio.to_thread(unpack, archive, dest,
-                                           max_total_bytes=self.cfg.max_archive_size,
-                                           max_files=self.cfg.max_archive_entries,
-                                           max_ratio=self.cfg.max_archive_ratio)
-        except ArchiveError as exc:
-            raise BadRequestError(f"Invalid archive {archive.name}: {exc}") from None
-
     # -- register / scale / unregister ---------------------------------------------------
 
     async def register(self, url: str, opts: ModelOptions, *, synchronous: bool = True,
-                       store: Path | None = None) -> tuple[ModelVersion, asyncio.Task | None]:
+                       store: Path | None = None) -> ModelVersion:
         """Load a model version and start its initial workers.
 
         Synchronous: returns once the workers are up (or raises, leaving nothing behind).
-        Otherwise returns at once with the task that starts them."""
-        archive, temporary = await self.fetch(url, self.cfg.model_store if store is None else store)
-        try:
-            model_dir = await self.unpack(archive, Path(url).stem)
-        finally:
-            if temporary:
-                shutil.rmtree(archive.parent, ignore_errors=True)
-        try:
-            manifest = read_model_manifest(model_dir)
-        except ArchiveError as exc:
-            shutil.rmtree(model_dir, ignore_errors=True)
-            raise BadRequestError(f"Invalid model archive {url}: {exc}") from None
+        Otherwise returns at once; the workers start in a background task (its failure
+        unregisters the model again and is logged)."""
+        model_dir, manifest = await self.intake.receive(
+            url, self.cfg.model_store if store is None else store, read_model_manifest, "model")
         if self.cfg.install_py_dep_per_model and manifest.requirements_file:
             try:
                 await install_requirements(model_dir, manifest.requirements_file)
@@ -146,8 +118,7 @@ class ModelManager:
 
     async def register_dir(self, url: str, model_dir: Path, opts: ModelOptions, *, name: str,
                            version: str, runtime: str, handler: str, manifest: dict,
-                           owns_dir: bool, synchronous: bool = True,
-                           ) -> tuple[ModelVersion, asyncio.Task | None]:
+                           owns_dir: bool, synchronous: bool = True) -> ModelVersion:
         """Register a model whose files are already in ``model_dir`` (an unpacked archive,
         or a workflow's directory for a function node). ``owns_dir``: delete it with the
         model."""
@@ -161,11 +132,12 @@ class ModelManager:
                 shutil.rmtree(model_dir, ignore_errors=True)
             raise
         self.registry.add(mv)
-        if not synchronous:
-            task = asyncio.ensure_future(self._start_or_unregister(mv))
-            return mv, task
-        await self._start_or_unregister(mv)
-        return mv, None
+        if synchronous:
+            await self._start_or_unregister(mv)
+        else:
+            self.tasks.spawn(self._start_or_unregister, mv,
+                             name=f"starting the workers of {mv.name} {mv.version}")
+        return mv
 
     async def _start_or_unregister(self, mv: ModelVersion) -> None:
         try:
@@ -212,10 +184,11 @@ class ModelManager:
                           batch_size=batch_size, response_timeout=rt, startup_timeout=st,
                           decode_input=self.cfg.decode_input_request,
                           server_version=SERVER_VERSION)
-        queue = BatchQueue(name, batch_size, self.cfg.job_queue_size)
+        queue = BatchQueue(name, batch_size, self.cfg.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(spec, queue, devices=self.devices, log_file=self.model_log,
-                          on_metrics=lambda m: self._metrics(mv_holder, m))
+                          tasks=self.tasks,
+                          on_metrics=lambda m: self.on_metrics(mv_holder[0], m))
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,
                           batch_size=batch_size, max_batch_delay=delay, response_timeout=rt,
@@ -224,10 +197,6 @@ class ModelManager:
                           owner=opts.owner)
         mv_holder.append(mv)
         return mv
-
-    def _metrics(self, holder: list[ModelVersion], metrics: list[dict]) -> None:
-        if self.on_metrics is not None and holder:
-            self.on_metrics(holder[0], metrics)
 
     async def scale(self, mv: ModelVersion, min_workers: int, max_workers: int) -> None:
         mv.min_workers, mv.max_workers = min_workers, max_workers

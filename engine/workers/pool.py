@@ -13,6 +13,7 @@ import os
 from typing import Callable, TextIO
 
 from ..errors import ServiceUnavailableError
+from ..tasks import TaskHandle, TaskOwner
 from .batch_queue import BatchQueue
 from .process import WorkerProcess, WorkerSpec, WorkerStartError
 
@@ -45,9 +46,10 @@ def visible_gpu_count(configured: int | None) -> int:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
-                 log_file: TextIO | None,
+                 log_file: TextIO | None, tasks: TaskOwner,
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
+        self.tasks = tasks
         self.queue = queue
         self.devices = devices
         self.log_file = log_file
@@ -57,7 +59,7 @@ class WorkerPool:
         self.max_workers = 0
         self._closed = False
         self._failures = 0
-        self._restarts: set[asyncio.Task] = set()
+        self._restarts: set[TaskHandle] = set()
         self._retiring: dict[WorkerProcess, asyncio.Future] = {}
 
     @property
@@ -79,7 +81,7 @@ class WorkerPool:
     async def _start_one(self) -> WorkerProcess:
         worker = WorkerProcess(self.spec, gpu_id=self.devices.next(),
                                threads=self._threads(), log_file=self.log_file,
-                               on_idle=self._worker_idle, on_exit=self._on_exit,
+                               tasks=self.tasks, on_idle=self._worker_idle, on_exit=self._on_exit,
                                on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:
@@ -149,9 +151,21 @@ class WorkerPool:
         if not self.live_workers and not self._restarts and self.min_workers == 0:
             self.queue.fail_pending(self.no_worker_error())
         if len(self.live_workers) + len(self._restarts) < self.min_workers:
-            task = asyncio.ensure_future(self._restart())
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        holder: list[TaskHandle] = []
+
+        async def restart() -> None:
+            try:
+                await self._restart()
+            finally:
+                self._restarts.difference_update(holder)
+
+        handle = self.tasks.spawn(restart, name=f"restart of a worker of {self.spec.model_name}")
+        if not handle.finished:
+            holder.append(handle)
+            self._restarts.add(handle)
 
     async def _restart(self) -> None:
         delay = min(MAX_BACKOFF_S, 0.25 * (2 ** self._failures))
@@ -168,9 +182,7 @@ class WorkerPool:
                 self.queue.fail_pending(ServiceUnavailableError(
                     f"Model \"{self.spec.model_name}\" could not restart its worker: {exc}"))
             if not self._closed and len(self.live_workers) < self.min_workers:
-                task = asyncio.ensure_future(self._restart())
-                self._restarts.add(task)
-                task.add_done_callback(self._restarts.discard)
+                self._schedule_restart()
 
     def abandon(self, future: asyncio.Future) -> None:
         """A caller gave up on the job of ``future`` (a node timeout): interrupt the batch
@@ -190,8 +202,8 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._restarts):
-            task.cancel()
+        for handle in list(self._restarts):
+            handle.cancel()
         workers = list(self.workers)
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         self.queue.fail_pending(ServiceUnavailableError(

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import signal
@@ -39,14 +38,16 @@ import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import WorkerError
 from . import protocol
+from ..tasks import TaskOwner
 from .connection import WorkerConnection
 from .interrupt import INTERRUPT_SIGNAL
+from .settings import WorkerSettings
 
 log = logging.getLogger("dagserve.workers")
 
@@ -60,7 +61,8 @@ EXIT_DRAIN_S = 1.0  # after the process exits, wait this long for its last frame
 
 @dataclass
 class WorkerSpec:
-    """What a worker of one model version needs to load and serve it."""
+    """What the workers of one model version need: how the frontend treats them (timeouts)
+    and what each is told (:meth:`settings_for`)."""
 
     model_name: str
     model_dir: Path
@@ -71,7 +73,16 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
-    extra: dict = field(default_factory=dict)
+
+    def settings_for(self, endpoint: Path | int, gpu_id: int | None,
+                     threads: int) -> WorkerSettings:
+        """``endpoint``: the worker's inherited socket (an fd) or a listening socket's path."""
+        where = {"fd": endpoint} if isinstance(endpoint, int) else {"socket": str(endpoint)}
+        return WorkerSettings(
+            **where, model_dir=str(self.model_dir), model_name=self.model_name,
+            handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
+            decode_input=self.decode_input, server_version=self.server_version,
+            config_file=self.config_file)
 
 
 @dataclass(slots=True)
@@ -87,10 +98,12 @@ class WorkerStartError(Exception):
 
 class WorkerProcess:
     def __init__(self, spec: WorkerSpec, *, gpu_id: int | None, threads: int,
-                 log_file: TextIO | None, on_idle: Callable[["WorkerProcess"], None],
+                 log_file: TextIO | None, tasks: TaskOwner,
+                 on_idle: Callable[["WorkerProcess"], None],
                  on_exit: Callable[["WorkerProcess", str], None],
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
+        self._tasks = tasks
         self.id = str(next(_ids))
         self.gpu_id = gpu_id
         self.threads = threads
@@ -104,6 +117,7 @@ class WorkerProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._conn: WorkerConnection | None = None
         self._ready: asyncio.Future | None = None
+        self._exited: asyncio.Future | None = None  # set by the exit watcher
         self._inflight: list[Job] = []  # the batch the worker is running
         self._held: deque[list[Job]] = deque()  # batches waiting behind it in the socket
         self.held_jobs = 0  # the jobs in those batches (they count as queued)
@@ -130,6 +144,7 @@ class WorkerProcess:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
+        self._exited = loop.create_future()
         self._lost = loop.create_future()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -139,18 +154,12 @@ class WorkerProcess:
             ours.close()
             theirs.close()
             raise
-        settings = {
-            "fd": theirs.fileno(), "model_dir": str(self.spec.model_dir),
-            "model_name": self.spec.model_name, "handler": self.spec.handler,
-            "gpu_id": self.gpu_id, "batch_size": self.spec.batch_size, "threads": self.threads,
-            "decode_input": self.spec.decode_input, "server_version": self.spec.server_version,
-            "config_file": self.spec.config_file, **self.spec.extra,
-        }
+        settings = self.spec.settings_for(theirs.fileno(), self.gpu_id, self.threads)
         out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings",
-                json.dumps(settings), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                settings.to_json(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
                 cwd=str(self.spec.model_dir), start_new_session=True,
                 pass_fds=(theirs.fileno(),))
         except BaseException:
@@ -159,10 +168,10 @@ class WorkerProcess:
         finally:
             theirs.close()  # the worker holds its own copy
         self.pid = self._proc.pid
-        watcher = asyncio.ensure_future(self._watch_exit())
+        self._tasks.spawn(self._watch_exit, name=f"exit watcher of worker {self.id}")
         try:
             async with asyncio.timeout(self.spec.startup_timeout):
-                done, _ = await asyncio.wait({self._ready, watcher},
+                done, _ = await asyncio.wait({self._ready, self._exited},
                                              return_when=asyncio.FIRST_COMPLETED)
             if self._ready.done():
                 self._ready.result()  # raises WorkerStartError on load_failed
@@ -184,6 +193,8 @@ class WorkerProcess:
     async def _watch_exit(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(code)
         if self._lost is not None and not self._lost.done():
             # read what the worker sent before it died first: each result says which batch
             # it had started (a child that inherited the socket may keep it open: bounded)
