@@ -38,8 +38,6 @@ import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import WorkerError
@@ -47,7 +45,7 @@ from . import protocol
 from ..tasks import TaskOwner
 from .connection import WorkerConnection
 from .interrupt import INTERRUPT_SIGNAL
-from .settings import WorkerSettings
+from .spec import Job, WorkerSpec, WorkerStartError  # noqa: F401 - also imported from here
 
 log = logging.getLogger("dagserve.workers")
 
@@ -57,43 +55,6 @@ MAX_HELD = 3  # batches a worker may hold behind the running one
 HOLD_BUDGET_S = 0.001  # ... as long as they would all start within about this long
 INTERRUPT_GRACE_S = 2.0  # an interrupted worker that is still busy after this is replaced
 EXIT_DRAIN_S = 1.0  # after the process exits, wait this long for its last frames
-
-
-@dataclass
-class WorkerSpec:
-    """What the workers of one model version need: how the frontend treats them (timeouts)
-    and what each is told (:meth:`settings_for`)."""
-
-    model_name: str
-    model_dir: Path
-    handler: str
-    batch_size: int = 1
-    response_timeout: float = 120.0
-    startup_timeout: float = 120.0
-    decode_input: bool = True
-    config_file: str | None = None
-    server_version: str = ""
-
-    def settings_for(self, endpoint: Path | int, gpu_id: int | None,
-                     threads: int) -> WorkerSettings:
-        """``endpoint``: the worker's inherited socket (an fd) or a listening socket's path."""
-        where = {"fd": endpoint} if isinstance(endpoint, int) else {"socket": str(endpoint)}
-        return WorkerSettings(
-            **where, model_dir=str(self.model_dir), model_name=self.model_name,
-            handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
-            decode_input=self.decode_input, server_version=self.server_version,
-            config_file=self.config_file)
-
-
-@dataclass(slots=True)
-class Job:
-    request: protocol.Request
-    future: asyncio.Future
-    enqueued: float
-
-
-class WorkerStartError(Exception):
-    """The worker could not load its handler (or did not say so in time)."""
 
 
 class WorkerProcess:
