@@ -13,6 +13,7 @@ from typing import Any, Callable, TextIO
 
 from dagserve import __version__
 from dagserve.archiver import read_model_manifest
+from dagserve.archiver.handler_names import BUILTIN_HANDLERS, parse_handler
 
 from .config import Config
 from .errors import BadRequestError, ConflictError, InternalServerError
@@ -22,7 +23,7 @@ from .registry import ModelVersion, Registry
 from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.pool import DeviceAllocator, WorkerPool
-from .workers.process import WorkerSpec, WorkerStartError
+from .workers.process import Launcher, WorkerSpec, WorkerStartError
 
 log = logging.getLogger("dagserve.models")
 
@@ -69,21 +70,39 @@ async def install_requirements(model_dir: Path, requirements: str) -> None:
                                   f"{tail}")
 
 
+def _uses_torch(model_dir: Path, manifest: dict, handler: str) -> bool:
+    """Whether a worker will import torch (then the fork server, which imports it, is worth
+    waiting for): it loads a serialized model, a built-in handler, or a handler file that
+    mentions torch."""
+    if (manifest.get("model") or {}).get("serializedFile"):
+        return True
+    try:
+        name = parse_handler(handler)
+        if name.module in BUILTIN_HANDLERS:
+            return True
+        return b"torch" in (model_dir / name.file_name).read_bytes()
+    except (ValueError, OSError):
+        return True
+
+
 class ModelManager:
     """Registers, scales and unregisters model versions. ``on_change`` is called after each
     change (the snapshot writer); ``on_metrics`` gets the metrics a handler sent with a
     batch; ``tasks`` owns what runs in the background (async registrations, workers)."""
 
     def __init__(self, cfg: Config, registry: Registry, *, intake: ArchiveIntake,
-                 devices: DeviceAllocator, model_log: TextIO | None,
-                 tasks: TaskOwner, on_change: Callable[[], None],
+                 work_dir: Path, devices: DeviceAllocator, model_log: TextIO | None,
+                 tasks: TaskOwner, launcher: Launcher, on_change: Callable[[], None],
                  on_metrics: Callable[[ModelVersion, list[dict]], None]):
         self.cfg = cfg
         self.registry = registry
         self.intake = intake
+        self.sock_dir = work_dir / "sockets"
+        self.sock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.devices = devices
         self.model_log = model_log
         self.tasks = tasks
+        self.launcher = launcher
         self.on_change = on_change
         self.on_metrics = on_metrics
 
@@ -183,11 +202,12 @@ class ModelManager:
         spec = WorkerSpec(model_name=name, model_dir=model_dir, handler=handler,
                           batch_size=batch_size, response_timeout=rt, startup_timeout=st,
                           decode_input=self.cfg.decode_input_request,
-                          server_version=SERVER_VERSION)
+                          server_version=SERVER_VERSION,
+                          uses_torch=_uses_torch(model_dir, raw, handler))
         queue = BatchQueue(name, batch_size, self.cfg.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
-        pool = WorkerPool(spec, queue, devices=self.devices, log_file=self.model_log,
-                          tasks=self.tasks,
+        pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
+                          log_file=self.model_log, tasks=self.tasks, launcher=self.launcher,
                           on_metrics=lambda m: self.on_metrics(mv_holder[0], m))
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,

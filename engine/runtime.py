@@ -27,6 +27,7 @@ from .readiness import Readiness
 from .registry import Registry
 from .snapshot import SnapshotManager
 from .tasks import TaskOwner
+from .workers.launch import ForkServerLauncher, SubprocessLauncher
 from .workers.pool import DeviceAllocator, visible_gpu_count
 from .workflow_manager import WorkflowManager
 from . import workdir
@@ -62,12 +63,14 @@ class Runtime:
             registry = Registry()
             metrics = MetricsCollector(registry, log=logs.metrics)
             snapshots = SnapshotManager(cfg, registry) if cfg.snapshots else None
+            launcher = ForkServerLauncher(tasks, logs.model.file) if cfg.worker_fork_server \
+                else SubprocessLauncher()
             models = ModelManager(
                 cfg, registry, intake=ArchiveIntake(
                     cfg.allowed_urls, work_dir, max_total_bytes=cfg.max_archive_size,
                     max_files=cfg.max_archive_entries, max_ratio=cfg.max_archive_ratio),
-                devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
-                model_log=logs.model.file, tasks=tasks,
+                work_dir=work_dir, devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
+                model_log=logs.model.file, tasks=tasks, launcher=launcher,
                 on_change=snapshots.changed if snapshots is not None else _nothing,
                 on_metrics=metrics.record_handler_metrics)
             workflows = WorkflowManager(cfg, registry, models)
@@ -79,6 +82,8 @@ class Runtime:
             raise
         logs.start(tasks)
         metrics.start_server_log(tasks)
+        if isinstance(launcher, ForkServerLauncher):
+            launcher.start()  # importing torch takes seconds: begin before models load
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,
                    metrics=metrics, snapshots=snapshots, models=models, workflows=workflows,
                    keys=keys, readiness=Readiness(registry))

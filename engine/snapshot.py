@@ -253,7 +253,7 @@ class SnapshotManager:
             max_workers=_int_or_none(state, "maxWorkers"),
             response_timeout=_int_or_none(state, "responseTimeout"),
             startup_timeout=_int_or_none(state, "startupTimeout"))
-        mv, _ = await manager.register(url, opts, synchronous=True)
+        mv = await manager.register(url, opts, synchronous=True)
         if mv.version != version:
             log.warning("snapshot had version %s of model %s, but %s now holds version %s",
                         version, name, url, mv.version)

@@ -201,8 +201,8 @@ def test_a_worker_holds_more_only_while_its_batches_are_quick_and_times_out_clea
         loop = asyncio.get_running_loop()
         unstarted: list[Job] = []
         w = WorkerProcess(WorkerSpec("m", Path("/tmp"), "h", response_timeout=5),
-                          gpu_id=None, threads=1, log_file=None,
-                          tasks=None,  # type: ignore[arg-type]  # never started here
+                          sock_dir=Path("/tmp"), gpu_id=None, threads=1, log_file=None,
+                          tasks=None, launcher=None,  # type: ignore[arg-type]  # never started
                           on_idle=lambda w: None, on_exit=lambda w, r: None)
         w._conn = _Conn()  # type: ignore[assignment]
         w.kill = lambda: None  # type: ignore[method-assign]
@@ -250,8 +250,8 @@ def test_a_held_batch_the_worker_started_before_it_timed_out_never_runs_twice():
         unstarted: list[Job] = []
         gone: list[WorkerProcess] = []
         w = WorkerProcess(WorkerSpec("m", Path("/tmp"), "h", response_timeout=5),
-                          gpu_id=None, threads=1, log_file=None,
-                          tasks=None,  # type: ignore[arg-type]  # never started here
+                          sock_dir=Path("/tmp"), gpu_id=None, threads=1, log_file=None,
+                          tasks=None, launcher=None,  # type: ignore[arg-type]  # never started
                           on_idle=lambda w: None, on_exit=lambda w, r: None)
         w._conn = _Conn()  # type: ignore[assignment]
         w.kill = lambda: None  # type: ignore[method-assign]
@@ -278,8 +278,8 @@ def test_an_interrupted_batch_frees_the_worker_and_gives_back_what_is_still_want
         requeued: list[Job] = []
         interrupts: list[int] = []
         w = WorkerProcess(WorkerSpec("m", Path("/tmp"), "h", response_timeout=5),
-                          gpu_id=None, threads=1, log_file=None,
-                          tasks=None,  # type: ignore[arg-type]  # never started here
+                          sock_dir=Path("/tmp"), gpu_id=None, threads=1, log_file=None,
+                          tasks=None, launcher=None,  # type: ignore[arg-type]  # never started
                           on_idle=idle.append, on_exit=lambda w, r: None)
         w._conn = _Conn()  # type: ignore[assignment]
         w._interrupt = lambda: interrupts.append(w._batch_no)  # type: ignore[method-assign]

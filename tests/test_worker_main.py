@@ -157,7 +157,7 @@ def test_bad_settings_exit_with_usage_error():
     result = subprocess.run([sys.executable, "-m", "dagserve.engine.workers.main", "--settings", "{}"],
                             capture_output=True, cwd=REPO, timeout=60)
     assert result.returncode == 2
-    assert b"needs an inherited socket 'fd' or a non-empty string 'socket'" in result.stderr
+    assert b"needs a non-empty string 'socket'" in result.stderr
 
 
 STUBBORN_HANDLER = """
@@ -181,40 +181,33 @@ STUBBORN_HANDLER = """
 """
 
 
-def test_sigusr1_interrupts_the_running_batch_and_the_worker_serves_on(tmp_path):
-    """The frontend's cooperative interrupt, over an inherited socketpair end (``fd``)."""
+def test_sigusr1_interrupts_the_running_batch_and_the_worker_serves_on(tmp_path, sock_dir):
+    """The frontend's cooperative interrupt: inside a batch SIGUSR1 stops it (even through
+    a handler's ``except Exception``) and the worker answers ``interrupted``; outside one it
+    does nothing."""
     import signal
     import time
 
     (tmp_path / "stubborn.py").write_text(textwrap.dedent(STUBBORN_HANDLER))
-    ours, theirs = socket.socketpair()
-    settings = {"fd": theirs.fileno(), "model_dir": str(tmp_path), "model_name": "stubborn",
-                "handler": "stubborn.py", "batch_size": 1, "threads": 1}
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "dagserve.engine.workers.main",
-                             "--settings", json.dumps(settings)], cwd=tmp_path,
-                            pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-    theirs.close()
-    ours.settimeout(60)
+    proc, conn = start_worker(tmp_path, sock_dir, "stubborn.py")
     try:
-        assert protocol.recv_frame(ours)[0]["op"] == "ready"
-        # outside a batch the signal changes nothing
-        os.kill(proc.pid, signal.SIGUSR1)
-        protocol.send_frame(ours, protocol.encode_predict(
+        assert protocol.recv_frame(conn)[0]["op"] == "ready"
+        os.kill(proc.pid, signal.SIGUSR1)  # outside a batch: nothing happens
+        protocol.send_frame(conn, protocol.encode_predict(
             [Request("long", [Param("body", "text/plain", b"60")])]))
         deadline = time.monotonic() + 30
         while not (tmp_path / "started").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGUSR1)
-        meta, _ = protocol.recv_frame(ours)
+        meta, _ = protocol.recv_frame(conn)
         assert meta == {"op": "interrupted"}
         assert not (tmp_path / "finished").exists()
-        protocol.send_frame(ours, protocol.encode_predict(
+        protocol.send_frame(conn, protocol.encode_predict(
             [Request("quick", [Param("body", "text/plain", b"0")])]))
-        resps = protocol.decode_result(*protocol.recv_frame(ours))
+        resps = protocol.decode_result(*protocol.recv_frame(conn))
         assert [(r.id, r.code, r.value) for r in resps] == [("quick", 200, b"slept")]
     finally:
-        ours.close()
+        conn.close()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert b"batch interrupted" in err

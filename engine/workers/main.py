@@ -1,7 +1,7 @@
 """The worker process: ``python -m dagserve.engine.workers.main --settings '<json>'``.
 
-It talks to the frontend over a Unix socket (the inherited end of a socketpair, ``fd``,
-or a listening socket's path, ``socket``), loads the model's handler and says ``ready``
+It connects to the frontend's Unix socket (``settings.socket``: a path, or an abstract name
+starting with NUL), loads the model's handler and says ``ready``
 (or ``load_failed`` with a one-line reason, then exits 1), then serves ``predict`` frames
 until the frontend closes the socket (exit 0).
 
@@ -42,20 +42,6 @@ def _parse_settings(argv: list[str] | None) -> WorkerSettings:
         return WorkerSettings.from_json(args.settings)
     except ValueError as exc:
         parser.error(f"--settings {exc}")
-
-
-def _connect(settings: WorkerSettings) -> socket.socket:
-    """The socket to the frontend: the inherited socketpair end, else a connection to the
-    listening socket's path."""
-    if settings.fd is not None:
-        return socket.socket(fileno=settings.fd)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(settings.socket)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _limit_threads_before_load(threads: int) -> None:
@@ -130,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = str(Path(settings.model_dir).resolve())
     sys.path.insert(0, model_dir)
 
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock = _connect(settings)
+        sock.connect(settings.socket)
     except OSError as exc:
-        print(f"worker could not connect to the frontend: {exc}", file=sys.stderr)
+        print(f"worker could not connect to {settings.socket!r}: {exc}", file=sys.stderr)
         return 2
 
     name = settings.model_name

@@ -10,12 +10,13 @@ import asyncio
 import itertools
 import logging
 import os
-from typing import Callable, TextIO
+from pathlib import Path
+from typing import Callable, Mapping, TextIO
 
 from ..errors import ServiceUnavailableError
 from ..tasks import TaskHandle, TaskOwner
 from .batch_queue import BatchQueue
-from .process import WorkerProcess, WorkerSpec, WorkerStartError
+from .process import Launcher, WorkerProcess, WorkerSpec, WorkerStartError
 
 log = logging.getLogger("dagserve.workers")
 
@@ -33,25 +34,39 @@ class DeviceAllocator:
         return next(self._next) % self.gpu_count if self.gpu_count > 0 else None
 
 
-def visible_gpu_count(configured: int | None) -> int:
+def visible_gpu_count(configured: int | None,
+                      environ: Mapping[str, str] | None = None,
+                      driver_dir: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """GPUs the workers may use: ``number_of_gpu`` when configured, else the NVIDIA driver's
+    GPUs (one folder each under ``driver_dir``), limited by ``CUDA_VISIBLE_DEVICES``.
+
+    Read without importing torch: the frontend never needs it (importing it cost seconds of
+    start-up and ~150 MiB), and CUDA must stay uninitialised in the processes that fork."""
     if configured is not None:
         return configured
     try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # torch missing or broken CUDA: serve on CPU
+        count = sum(1 for _ in driver_dir.iterdir())
+    except OSError:
         return 0
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [part.strip() for part in visible.split(",") if part.strip()]
+        if "-1" in ids:
+            ids = ids[:ids.index("-1")]
+        count = min(count, len(ids))
+    return count
 
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
-                 log_file: TextIO | None, tasks: TaskOwner,
+                 sock_dir: Path, log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
         self.tasks = tasks
+        self.launcher = launcher
         self.queue = queue
         self.devices = devices
+        self.sock_dir = sock_dir
         self.log_file = log_file
         self.on_metrics = on_metrics
         self.workers: list[WorkerProcess] = []
@@ -79,9 +94,9 @@ class WorkerPool:
         return max(1, ((os.cpu_count() or 1) - 1) // max(1, self.min_workers))
 
     async def _start_one(self) -> WorkerProcess:
-        worker = WorkerProcess(self.spec, gpu_id=self.devices.next(),
+        worker = WorkerProcess(self.spec, sock_dir=self.sock_dir, gpu_id=self.devices.next(),
                                threads=self._threads(), log_file=self.log_file,
-                               tasks=self.tasks, on_idle=self._worker_idle, on_exit=self._on_exit,
+                               tasks=self.tasks, launcher=self.launcher, on_idle=self._worker_idle, on_exit=self._on_exit,
                                on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:

@@ -34,17 +34,18 @@ import itertools
 import logging
 import os
 import signal
-import socket
-import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import WorkerError
 from . import protocol
 from ..tasks import TaskOwner
 from .connection import WorkerConnection
+from .endpoint import after_listening, peer_is_own_user, remove, worker_address
 from .interrupt import INTERRUPT_SIGNAL
+from .launch import ForkServerLauncher, SubprocessLauncher, WorkerHandle
 from .spec import Job, WorkerSpec, WorkerStartError  # noqa: F401 - also imported from here
 
 log = logging.getLogger("dagserve.workers")
@@ -56,26 +57,31 @@ HOLD_BUDGET_S = 0.001  # ... as long as they would all start within about this l
 INTERRUPT_GRACE_S = 2.0  # an interrupted worker that is still busy after this is replaced
 EXIT_DRAIN_S = 1.0  # after the process exits, wait this long for its last frames
 
+Launcher = ForkServerLauncher | SubprocessLauncher
+
 
 class WorkerProcess:
-    def __init__(self, spec: WorkerSpec, *, gpu_id: int | None, threads: int,
-                 log_file: TextIO | None, tasks: TaskOwner,
+    def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
+                 log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_idle: Callable[["WorkerProcess"], None],
                  on_exit: Callable[["WorkerProcess", str], None],
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
         self._tasks = tasks
+        self._launcher = launcher
         self.id = str(next(_ids))
         self.gpu_id = gpu_id
         self.threads = threads
         self.status = "STARTING"
         self.start_time = time.time()
         self.pid: int | None = None
+        self._address = worker_address(sock_dir, self.id)
         self._log_file = log_file
         self._on_idle = on_idle
         self._on_exit = on_exit
         self._on_metrics = on_metrics
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: WorkerHandle | None = None
+        self._server: asyncio.AbstractServer | None = None
         self._conn: WorkerConnection | None = None
         self._ready: asyncio.Future | None = None
         self._exited: asyncio.Future | None = None  # set by the exit watcher
@@ -107,27 +113,16 @@ class WorkerProcess:
         self._ready = loop.create_future()
         self._exited = loop.create_future()
         self._lost = loop.create_future()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            _, self._conn = await loop.create_unix_connection(
-                lambda: WorkerConnection(self._on_frame, self._on_conn_lost), sock=ours)
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
-        settings = self.spec.settings_for(theirs.fileno(), self.gpu_id, self.threads)
-        out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings",
-                settings.to_json(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                cwd=str(self.spec.model_dir), start_new_session=True,
-                pass_fds=(theirs.fileno(),))
-        except BaseException:
-            self._conn.close()
-            raise
-        finally:
-            theirs.close()  # the worker holds its own copy
+
+        def factory() -> WorkerConnection:
+            return WorkerConnection(self._on_frame, self._on_conn_lost, accept=self._adopt)
+
+        self._server = await loop.create_unix_server(factory, path=self._address)
+        after_listening(self._address)
+        settings = self.spec.settings_for(self._address, self.gpu_id, self.threads)
+        self._proc = await self._launcher.launch(settings, cwd=self.spec.model_dir,
+                                                 log_file=self._log_file,
+                                                 uses_torch=self.spec.uses_torch)
         self.pid = self._proc.pid
         self._tasks.spawn(self._watch_exit, name=f"exit watcher of worker {self.id}")
         try:
@@ -140,16 +135,31 @@ class WorkerProcess:
                 raise WorkerStartError(f"worker exited with code {self._proc.returncode} "
                                        "before it loaded the model")
         except TimeoutError:
-            self.kill()
-            self._conn.close()
+            self._abort_start()
             raise WorkerStartError(f"worker did not load the model within "
                                    f"{self.spec.startup_timeout:g} s") from None
         except BaseException:
-            self.kill()
-            self._conn.close()
+            self._abort_start()
             raise
+        finally:
+            self._server.close()  # one connection per worker: no more
+            remove(self._address)
         self.status = "READY"
         self.start_time = time.time()
+
+    def _adopt(self, conn: WorkerConnection) -> bool:
+        """Take the first connection from a process of our own user as the worker's."""
+        if self._conn is not None or not peer_is_own_user(conn.transport):
+            log.warning("worker %s of %s: refused a connection that is not its worker",
+                        self.id, self.spec.model_name)
+            return False
+        self._conn = conn
+        return True
+
+    def _abort_start(self) -> None:
+        self.kill()
+        if self._conn is not None:
+            self._conn.close()
 
     async def _watch_exit(self) -> None:
         assert self._proc is not None

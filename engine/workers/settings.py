@@ -15,17 +15,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-_REQUIRED = ("model_dir", "model_name")
+_REQUIRED = ("socket", "model_dir", "model_name")
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
+    socket: str  # the frontend's Unix socket to connect to
     model_dir: str  # the unpacked archive (the worker's working directory)
     model_name: str
-    # how to reach the frontend: an inherited socketpair end (what the server uses: no
-    # path, so no AF_UNIX path-length limit), or a listening Unix socket's path
-    fd: int | None = None
-    socket: str = ""
     handler: str | None = None  # None: the manifest's model.handler
     gpu_id: int | None = None  # None: CPU
     batch_size: int = 1
@@ -51,9 +48,6 @@ class WorkerSettings:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}")
-        if not isinstance(data.get("fd"), int) and not (
-                isinstance(data.get("socket"), str) and data["socket"]):
-            raise ValueError("needs an inherited socket 'fd' or a non-empty string 'socket'")
         for key in _REQUIRED:
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ValueError(f"needs a non-empty string {key!r}")

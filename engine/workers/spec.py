@@ -26,13 +26,13 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
+    uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
 
-    def settings_for(self, endpoint: Path | int, gpu_id: int | None,
+    def settings_for(self, address: str | Path, gpu_id: int | None,
                      threads: int) -> WorkerSettings:
-        """``endpoint``: the worker's inherited socket (an fd) or a listening socket's path."""
-        where = {"fd": endpoint} if isinstance(endpoint, int) else {"socket": str(endpoint)}
+        """``address``: the Unix socket the worker connects to (see endpoint.py)."""
         return WorkerSettings(
-            **where, model_dir=str(self.model_dir), model_name=self.model_name,
+            socket=str(address), model_dir=str(self.model_dir), model_name=self.model_name,
             handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
             decode_input=self.decode_input, server_version=self.server_version,
             config_file=self.config_file)
