@@ -24,8 +24,8 @@ interrupted (``abandon``): the worker gets ``SIGUSR1``, stops the batch and answ
 ``interrupted`` (see ``interrupt.py``); a worker that does not within ``INTERRUPT_GRACE_S``
 is killed and replaced by its pool. Either way the worker is free for the next request.
 
-The frontend and the worker talk over a socketpair whose worker end the process inherits:
-no socket file, so no AF_UNIX path-length limit however deep the temporary directory."""
+The worker connects to a Unix socket the frontend listens on until then: an abstract one on
+Linux, so no AF_UNIX path-length limit however deep the temporary directory (endpoint.py)."""
 
 from __future__ import annotations
 

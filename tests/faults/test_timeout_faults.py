@@ -2,7 +2,7 @@
 the temporary directory's path is.
 
 The server of this module runs with a TMPDIR over 150 characters: before workers talked
-over a socketpair, their Unix socket path did not fit (``AF_UNIX path too long``) and no
+on an abstract Unix socket, their socket path did not fit (``AF_UNIX path too long``) and no
 model could start."""
 
 from __future__ import annotations
