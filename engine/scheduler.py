@@ -143,7 +143,7 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
         if attempt:
             await anyio.sleep(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
         expired: list = []
-        timer = None
+        timer = future = None
         started = loop.time()
         try:
             target.pool.check_can_serve()
@@ -152,6 +152,8 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
             resp: Response = await future
         except asyncio.CancelledError:
             if not expired or _cancelled_from_outside():
+                if future is not None and future.cancelled():  # a deadline, a failed sibling
+                    target.pool.abandon(future)
                 raise
             last, status = f"timed out after {plan.timeout_s * 1000:g} ms", 500
             target.stats.count(504, loop.time() - started)

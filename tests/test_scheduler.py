@@ -129,12 +129,16 @@ def test_node_that_always_fails_is_named_and_cancels_other_branches():
     p = plan({"s": ["bad", "slow"]}, retries=1)
     slow = FakeQueue(tag("slow"), delay=2.0)
     qs = {"s": FakeQueue(tag("s")), "bad": FakeQueue(tag("bad"), failures=99), "slow": slow}
+    targets = {n: Target(q) for n, q in qs.items()}
     start = time.perf_counter()
     with pytest.raises(NodeFailed) as info:
-        run(p, {n: Target(q) for n, q in qs.items()})
+        run(p, targets)
     assert info.value.node == "bad"
     assert str(info.value).startswith("Error executing bad")
     assert time.perf_counter() - start < 1.5  # did not wait for the slow branch
+    # the cancelled branch's attempt is reported, so the worker running it is freed
+    [abandoned] = targets["slow"].pool.abandoned
+    assert abandoned.cancelled()
 
 
 def test_timeout_cancels_the_attempt_and_drops_the_late_result():
