@@ -75,12 +75,13 @@ class InferenceRoutes:
         start = time.perf_counter()
         tracer = self.tracer
         try:
+            mv.pool.check_can_serve()
             headers = dict(request.headers)
             headers["url_path"] = url_path  # path segments after the version, as TorchServe
             if explain:
                 headers["explain"] = "True"
             req = Request(request["request_id"], await read_params(request), headers)
-        except DagserveError as exc:  # a malformed body: failed, so traced
+        except DagserveError as exc:  # no worker, a malformed body: failed, so traced
             return failed_reply(tracer, "model", mv.name, request["request_id"], start, exc)
         if tracer.wanted(request.headers, request.query_string):
             drop_query_flag(req, request.query_string)
