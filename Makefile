@@ -16,7 +16,7 @@ $(PY):
 
 $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,fast]'
+	$(PIP) install -q -e '.[dev,fast,grpc]'
 	touch $@
 
 setup: $(STAMP)

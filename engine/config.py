@@ -53,6 +53,20 @@ class Config:
     plugins_path: Path | None = None
     log_config: Path | None = None
     config_file: Path | None = None
+    # gRPC (TorchServe's keys; the servers are in frontend/grpc/)
+    grpc_inference_address: str = "127.0.0.1"
+    grpc_management_address: str = "127.0.0.1"
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
+    grpc_inference_max_connection_age_ms: int | None = None
+    grpc_management_max_connection_age_ms: int | None = None
+    grpc_inference_max_connection_age_grace_ms: int | None = None
+    grpc_management_max_connection_age_grace_ms: int | None = None
+    enable_grpc_ssl: bool = False
+    # the Open Inference Protocol (KServe v2) on the inference ports; TorchServe's key (and
+    # TS_OPEN_INFERENCE_PROTOCOL=oip); on unless set to false (TorchServe: off by default)
+    ts_open_inference_protocol: bool = True
+    service_envelope: str | None = None  # json, body, kserve or kservev2, for every model
 
     @property
     def key_file(self) -> Path:
@@ -63,12 +77,18 @@ class Config:
 
 
 _BOOL_KEYS = {"enable_model_api", "disable_token_authorization", "decode_input_request",
-              "install_py_dep_per_model", "enable_envvars_config"}
+              "install_py_dep_per_model", "enable_envvars_config", "enable_grpc_ssl",
+              "ts_open_inference_protocol"}
 _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_timeout",
              "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
-             "max_batch_delay", "number_of_gpu"}
+             "max_batch_delay", "number_of_gpu", "grpc_inference_port", "grpc_management_port",
+             "grpc_inference_max_connection_age_ms", "grpc_management_max_connection_age_ms",
+             "grpc_inference_max_connection_age_grace_ms",
+             "grpc_management_max_connection_age_grace_ms"}
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
-             "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers"}
+             "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
+             "grpc_inference_address", "grpc_management_address"}
+ENVELOPES = ("json", "body", "kserve", "kservev2")
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path"}
 _LIST_KEYS = {"load_models", "load_workflows"}
 
@@ -110,6 +130,11 @@ def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Confi
             changes[key] = _split_list(value)
         elif key == "allowed_urls":
             changes[key] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif key == "service_envelope":
+            if value and value not in ENVELOPES:
+                raise ConfigError(f"service_envelope must be one of {', '.join(ENVELOPES)}, "
+                                  f"got {value!r}")
+            changes[key] = value or None
         elif key == "models":
             try:
                 changes[key] = json.loads(value) if value else {}
@@ -142,6 +167,9 @@ def load_config(*, config_file: Path | None = None, environ: Mapping[str, str] |
         cfg = apply_properties(cfg, props, path.resolve().parent)
     if _parse_bool("enable_envvars_config", props.get("enable_envvars_config", "false")):
         cfg = apply_properties(cfg, env_overrides(environ), workdir)
+    if environ.get("TS_OPEN_INFERENCE_PROTOCOL"):  # TorchServe reads it whatever the config
+        cfg = replace(cfg, ts_open_inference_protocol=environ["TS_OPEN_INFERENCE_PROTOCOL"]
+                      == "oip")
     given = {k: v for k, v in flags.items() if v is not None}
     for key in ("model_store", "workflow_store", "log_config", "plugins_path"):
         if key in given:

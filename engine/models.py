@@ -260,7 +260,9 @@ class ModelManager:
         spec = WorkerSpec(model_name=name, model_dir=model_dir, handler=handler,
                           batch_size=batch_size, response_timeout=rt, startup_timeout=st,
                           decode_input=self.cfg.decode_input_request,
-                          server_version=SERVER_VERSION)
+                          server_version=SERVER_VERSION,
+                          extra={"envelope": self.cfg.service_envelope}
+                          if self.cfg.service_envelope else {})
         queue = BatchQueue(name, batch_size, self.cfg.job_queue_size)
         mv_holder: list[ModelVersion] = []
         pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .config import Config, split_address, startup_entries
 from .errors import DagserveError
+from .frontend.grpc import start_grpc
 from .frontend.inference import build_inference_server
 from .frontend.management import build_management_app
 from .frontend.metrics_api import build_metrics_app
@@ -68,6 +69,7 @@ class Server:
         self.workflows = None
         self.metrics = None
         self.snapshots = None
+        self._stop_grpc = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -91,7 +93,8 @@ class Server:
         inference = build_inference_server(
             self.registry, middlewares=[common, *auth.get("inference", [])],
             max_request_size=cfg.max_request_size, run_workflow=self.workflows.run,
-            max_response_size=cfg.max_response_size, access_log=None)
+            max_response_size=cfg.max_response_size,
+            open_inference=cfg.ts_open_inference_protocol, access_log=None)
         management = build_management_app(self, middlewares=[common,
                                                              *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
@@ -104,6 +107,9 @@ class Server:
             await runner.setup()
             self.runners.append(runner)
             await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+        self._stop_grpc = await start_grpc(
+            cfg, registry=self.registry, run_workflow=self.workflows.run,
+            management_owner=self, keys=getattr(self, "keys", None))
         await self._load_at_start()
         _settle_heap()
 
@@ -145,6 +151,8 @@ class Server:
     async def stop(self) -> None:
         if self.snapshots is not None:
             self.snapshots.write("shutdown")
+        if self._stop_grpc is not None:
+            await self._stop_grpc()
         for runner in self.runners:
             await runner.cleanup()
         if self.models is not None:

@@ -27,7 +27,11 @@ from ..registry import Registry
 from ..messages import Request, Response
 from .http_input import read_params
 from .openapi import inference_openapi
+from ..workers.stream import ResultStream
 from .responses import handler_response, json_response
+from .streaming import stream_response
+from .v2.core import OpenInference
+from .v2.rest import V2Routes
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
@@ -41,10 +45,12 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 class InferenceRoutes:
     def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
-                 max_response_size: int | None = None):
+                 max_response_size: int | None = None, open_inference: bool = False):
         self.registry = registry
         self.run_workflow = run_workflow
         self.max_response_size = max_response_size
+        # the Open Inference Protocol's /v2 routes (ts_open_inference_protocol)
+        self.v2 = V2Routes(OpenInference(registry, run_workflow)) if open_inference else None
 
     def _reply(self, resp: Response) -> web.Response:
         limit = self.max_response_size
@@ -70,6 +76,9 @@ class InferenceRoutes:
         status = 500
         try:
             resp = await mv.queue.submit(req)
+            if resp.__class__ is ResultStream:  # the handler streams its results
+                status = 200
+                return await stream_response(resp)
             status = resp.code
             return self._reply(resp)
         except BaseException as exc:
@@ -83,7 +92,10 @@ class InferenceRoutes:
         if self.run_workflow is None:
             raise ResourceNotFoundError()
         req = Request(request["request_id"], await read_params(request), dict(request.headers))
-        return self._reply(await self.run_workflow(workflow, req))
+        resp = await self.run_workflow(workflow, req)
+        if resp.__class__ is ResultStream:  # the response node streams: pass it through
+            return await stream_response(resp)
+        return self._reply(resp)
 
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
@@ -126,6 +138,8 @@ class InferenceRouter:
             return routes.ping if method in PING_METHODS else _not_allowed
         elif path == "/":
             return routes.options if method == "OPTIONS" else _not_allowed
+        if n >= 2 and parts[1] == "v2" and routes.v2 is not None:
+            return routes.v2.resolve(method, parts) or _not_found
         return _not_found
 
 
@@ -167,9 +181,11 @@ class InferenceServer(web.Server):
 def build_inference_server(registry: Registry, *, middlewares: list, max_request_size: int,
                            run_workflow: WorkflowRunner | None = None,
                            max_response_size: int | None = None,
+                           open_inference: bool = False,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
-    router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size))
+    router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size,
+                                             open_inference))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

@@ -37,6 +37,14 @@ ALIASES: dict[str, str] = {
     "ts.metrics.metric_type_enum": f"{_BASE}.metrics",
     "ts.metrics.metric_cache_errors": f"{_BASE}.metrics",
     "ts.handler_utils.timer": f"{_BASE}.metrics",
+    # the request envelopes and streaming helpers (protocols)
+    "ts.torch_handler.request_envelope": f"{_BASE}.request_envelope",
+    "ts.torch_handler.request_envelope.base": f"{_BASE}.request_envelope.base",
+    "ts.torch_handler.request_envelope.body": f"{_BASE}.request_envelope.body",
+    "ts.torch_handler.request_envelope.json": f"{_BASE}.request_envelope.json",
+    "ts.torch_handler.request_envelope.kserve": f"{_BASE}.request_envelope.kserve",
+    "ts.torch_handler.request_envelope.kservev2": f"{_BASE}.request_envelope.kservev2",
+    "ts.handler_utils.utils": f"{_BASE}.streaming",
 }
 PACKAGES = frozenset({"ts", "ts.torch_handler", "ts.utils", "ts.metrics", "ts.handler_utils"})
 

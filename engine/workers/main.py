@@ -7,8 +7,9 @@ until the frontend closes the socket (exit 0).
 Settings (JSON object): ``socket``, ``model_dir``, ``model_name``, ``handler``, ``gpu_id``
 (int or null), ``batch_size``, ``threads`` (> 0: torch's intra-op threads, with one
 inter-op thread), ``decode_input`` (true), ``limit_max_image_pixels`` (true),
-``server_version``, ``config_file`` (model-config YAML, else the manifest's). Unknown keys
-(``envelope``) are ignored.
+``server_version``, ``config_file`` (model-config YAML, else the manifest's), ``envelope``
+(``service_envelope``: a request envelope every batch goes through). Unknown keys are
+ignored.
 
 torch is not imported unless the handler needs it (a workflow's function worker starts in a
 fraction of the time): the thread limit is passed as ``OMP_NUM_THREADS`` before loading and
@@ -86,6 +87,7 @@ def _config(settings: dict[str, Any]):
         limit_max_image_pixels=bool(settings.get("limit_max_image_pixels", True)),
         server_version=str(settings.get("server_version") or ""),
         config_file=settings.get("config_file") or None,
+        envelope=settings.get("envelope") or None,
     )
 
 
@@ -97,7 +99,11 @@ def _one_line(exc: BaseException, limit: int = 2000) -> str:
 
 def serve(sock: socket.socket, service: Any) -> None:
     """Answer ``predict`` frames until the peer closes the socket."""
-    read = protocol.FrameReader(sock).read
+    from .intermediate import IntermediateChannel
+
+    channel = IntermediateChannel(sock, protocol.FrameReader(sock))
+    service.context.intermediate_sender = channel.send
+    read = channel.next_frame
     sendall = sock.sendall
     decode_predict, encode_result = protocol.decode_predict, protocol.encode_result
     predict = service.predict
@@ -108,9 +114,14 @@ def serve(sock: socket.socket, service: Any) -> None:
             return
         op = meta.get("op")
         if op != "predict":
+            if op == "cancel":  # the stream it names has already ended
+                continue
             raise protocol.ProtocolError(f"unexpected frame op {op!r} (expected 'predict')")
-        responses, metrics = predict(decode_predict(meta, body))
+        requests = decode_predict(meta, body)
+        responses, metrics = predict(requests)
         sendall(encode_result(responses, metrics))
+        if channel.cancelled:
+            channel.cancelled.difference_update(r.id for r in requests)
 
 
 def _settle_heap() -> None:

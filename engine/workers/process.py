@@ -32,6 +32,7 @@ from typing import Callable, TextIO
 from ..errors import WorkerError
 from . import protocol
 from .connection import WorkerConnection
+from .stream import ResultStream
 
 log = logging.getLogger("dagserve.workers")
 
@@ -62,6 +63,7 @@ class Job:
     request: protocol.Request
     future: asyncio.Future
     enqueued: float
+    stream: ResultStream | None = None  # set at the handler's first intermediate result
 
 
 class WorkerStartError(Exception):
@@ -233,6 +235,8 @@ class WorkerProcess:
         op = meta.get("op")
         if op == "result":
             self._on_result(meta, body)
+        elif op == "partial":
+            self._on_partial(meta, body)
         elif op == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -260,9 +264,14 @@ class WorkerProcess:
         for job, resp in zip(jobs, responses):
             if not job.future.done():
                 job.future.set_result(resp)
+            elif job.stream is not None:
+                job.stream.finish(resp)
         for job in jobs[len(responses):]:
+            error = WorkerError("number of batch response mismatched", 503)
             if not job.future.done():
-                job.future.set_exception(WorkerError("number of batch response mismatched", 503))
+                job.future.set_exception(error)
+            elif job.stream is not None:
+                job.stream.fail(error)
         metrics = meta.get("metrics")
         if metrics and self._on_metrics is not None:
             self._on_metrics(metrics)
@@ -272,6 +281,38 @@ class WorkerProcess:
             self._on_idle(self)
         elif self.on_room is not None:
             self.on_room(self)
+
+    def _on_partial(self, meta: dict, body: bytes) -> None:
+        """Intermediate results of the running batch: the first one of a job resolves its
+        future to a ResultStream; the response timeout starts again (the handler is alive)."""
+        if not self._inflight:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._start_batch(self._started)
+        jobs = {job.request.id: job for job in self._inflight}
+        gone = []
+        for resp in protocol.decode_result(meta, body):
+            job = jobs.get(resp.id)
+            if job is None:
+                continue
+            if job.stream is None:
+                if job.future.done():  # cancelled while it ran (a workflow node timeout)
+                    gone.append(resp.id)
+                    continue
+                job.stream = ResultStream(resp.id, self)
+                job.future.set_result(job.stream)
+            job.stream.push(resp)
+        if gone:
+            self.cancel_requests(gone)
+
+    def cancel_requests(self, request_ids: list[str]) -> None:
+        """Tell the worker these requests' clients are gone (it stops streaming to them)."""
+        if self._conn is not None and not self._dead:
+            try:
+                self._conn.send(protocol.encode_cancel(request_ids))
+            except ConnectionError:
+                pass
 
     def _on_conn_lost(self, exc: Exception | None) -> None:
         if self._ready is not None and not self._ready.done():
@@ -288,6 +329,8 @@ class WorkerProcess:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)
+            elif job.stream is not None:
+                job.stream.fail(error)
         if unstarted:
             if self.on_unstarted is not None:
                 self.on_unstarted(self, unstarted)
