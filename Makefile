@@ -35,7 +35,8 @@ examples: setup-examples
 
 serve: examples
 	$(VENV)/bin/dagserve --start --foreground --model-store model_store --workflow-store wf_store \
-		--models shapes=shapes.mar shapes_ts=shapes_ts.mar --workflows all \
+		--models shapes=shapes.mar shapes_ts=shapes_ts.mar streaming_words=streaming_words.mar \
+		--workflows all \
 		--disable-token-auth --ncs $(PORT_ARGS)
 
 bench: setup
