@@ -7,7 +7,9 @@ One dagserve server (echo.mar, one worker, batch size 1), then, one after anothe
 asyncio HTTP load generator (``benchmarks/loadgen.py``) at ``--connections`` keep-alive
 connections, and gRPC ``Predictions`` with a grpc.aio client keeping ``--connections``
 calls in flight on one channel (HTTP/2 streams). Every client here is Python and shares
-the machine with the server: its CPU time is printed beside each figure.
+the machine with the server: its CPU time is printed beside each figure, and so is the
+frontend process's CPU time per request (measured from /proc over the warmup and the run,
+divided by an estimate of the requests in that time), which does not depend on the client.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from .artifacts import MODELS, _mar
 from .loadgen import LoadSpec, Target, run_load
+from .procstats import _cpu_seconds
 from .servers import Ports, ServerProcess, dagserve_command, free_ports, write_config
 
 V2_BODY = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
@@ -108,23 +111,30 @@ def main(argv: list[str] | None = None) -> int:
                      "application/octet-stream"),
                     ("v2 REST POST /v2/models/echo/infer", "/v2/models/echo/infer", V2_BODY,
                      "application/json")):
+                cpu0 = _cpu_seconds(server.pid)
                 result = run_load(Target.from_url(server.inference + path, body=body,
                                                   content_type=ctype), spec)
+                cpu = _cpu_seconds(server.pid) - cpu0
+                total = result.rps * (args.seconds + args.warmup)
                 rows.append((label, result.rps, result.p50_ms, result.p99_ms, result.errors,
-                             result.client_cpu_s))
+                             result.client_cpu_s, cpu / total * 1e6 if total else 0.0))
+            cpu0 = _cpu_seconds(server.pid)
             g = asyncio.run(grpc_load(f"127.0.0.1:{grpc_inf}", args.connections,
                                       args.seconds, args.warmup))
+            cpu = _cpu_seconds(server.pid) - cpu0
+            total = g["rps"] * (args.seconds + args.warmup)
             rows.append(("gRPC Predictions (echo)", g["rps"], g["p50_ms"], g["p99_ms"],
-                         g["errors"], g["client_cpu_s"]))
+                         g["errors"], g["client_cpu_s"], cpu / total * 1e6 if total else 0.0))
         finally:
             server.proc.terminate()
             server.proc.wait(30)
         print(f"{args.connections} concurrent connections/streams, {args.seconds:g} s per run "
               f"after {args.warmup:g} s warmup")
-        print("| API | req/s | p50 ms | p99 ms | errors | client CPU s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for label, rps, p50, p99, errors, cpu in rows:
-            print(f"| {label} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu:.1f} |")
+        print("| API | req/s | p50 ms | p99 ms | errors | client CPU s | frontend CPU µs/req |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for label, rps, p50, p99, errors, cpu, per_req in rows:
+            print(f"| {label} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu:.1f} | "
+                  f"{per_req:.0f} |")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
