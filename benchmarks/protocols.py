@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +30,11 @@ from pathlib import Path
 from .artifacts import MODELS, _mar
 from .loadgen import LoadSpec, Target, run_load
 from .procstats import _cpu_seconds
-from .servers import Ports, ServerProcess, dagserve_command, free_ports, write_config
+from .servers import (Ports, ServerProcess, dagserve_command, free_ports, torchserve_command,
+                      write_config)
 
+SECTION_START = "<!-- protocols: written by python -m benchmarks.protocols -->"
+SECTION_END = "<!-- protocols: end -->"
 V2_BODY = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
                                   "data": ["hello"]}]}).encode()
 
@@ -82,11 +88,96 @@ async def grpc_load(target: str, connections: int, seconds: float, warmup: float
             "client_cpu_s": cpu}
 
 
+def measure(server: ServerProcess, grpc_port: int, args: argparse.Namespace,
+            with_v2: bool) -> list[tuple]:
+    """(label, req/s, p50, p99, errors, client CPU s, frontend CPU µs per request) rows."""
+    spec = LoadSpec(args.connections, args.seconds, 10**9, args.warmup)
+    runs = [("HTTP POST /predictions/echo", "/predictions/echo", b"x",
+             "application/octet-stream")]
+    if with_v2:
+        runs.append(("v2 REST POST /v2/models/echo/infer", "/v2/models/echo/infer", V2_BODY,
+                     "application/json"))
+    rows = []
+    window = args.seconds + args.warmup
+    for label, path, body, ctype in runs:
+        cpu0 = _cpu_seconds(server.pid)
+        result = run_load(Target.from_url(server.inference + path, body=body,
+                                          content_type=ctype), spec)
+        cpu = _cpu_seconds(server.pid) - cpu0
+        total = result.rps * window
+        rows.append((label, result.rps, result.p50_ms, result.p99_ms, result.errors,
+                     result.client_cpu_s, cpu / total * 1e6 if total else 0.0))
+    cpu0 = _cpu_seconds(server.pid)
+    g = asyncio.run(grpc_load(f"127.0.0.1:{grpc_port}", args.connections, args.seconds,
+                              args.warmup))
+    cpu = _cpu_seconds(server.pid) - cpu0
+    total = g["rps"] * window
+    rows.append(("gRPC Predictions (echo)", g["rps"], g["p50_ms"], g["p99_ms"], g["errors"],
+                 g["client_cpu_s"], cpu / total * 1e6 if total else 0.0))
+    return rows
+
+
+def run_server(name: str, argv_for, env: dict | None, work: Path, store: Path,
+               args: argparse.Namespace, with_v2: bool) -> list[tuple]:
+    inference, management, metrics, grpc_inf, grpc_mgmt = free_ports(5)
+    ports = Ports(inference, management, metrics)
+    config = write_config(work / f"{name}.properties", ports, store)
+    with config.open("a") as fh:
+        fh.write(f"grpc_inference_port={grpc_inf}\ngrpc_management_port={grpc_mgmt}\n")
+    server = ServerProcess(name, argv_for(config, store, "echo=echo.mar"), work / name, ports)
+    if env is not None:
+        server.env = env
+    server.start()
+    try:
+        server.wait_first_inference("/predictions/echo", b"x")
+        return measure(server, grpc_inf, args, with_v2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def table(rows: list[tuple]) -> list[str]:
+    lines = ["| server | API | req/s | p50 ms | p99 ms | errors | client CPU s | "
+             "frontend CPU µs/req |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for server, label, rps, p50, p99, errors, cpu, per_req in rows:
+        lines.append(f"| {server} | {label} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | "
+                     f"{cpu:.1f} | {per_req:.0f} |")
+    return lines
+
+
+def kept_section(results: Path) -> str:
+    """The protocols section of an existing RESULTS.md (benchmarks.run keeps it)."""
+    if not results.is_file():
+        return ""
+    text = results.read_text(encoding="utf-8")
+    if SECTION_START not in text or SECTION_END not in text:
+        return ""
+    return text[text.index(SECTION_START):text.index(SECTION_END) + len(SECTION_END)] + "\n"
+
+
+def write_section(results: Path, body: str) -> None:
+    section = f"{SECTION_START}\n{body.rstrip()}\n{SECTION_END}\n"
+    text = results.read_text(encoding="utf-8") if results.is_file() else ""
+    if SECTION_START in text and SECTION_END in text:
+        text = (text[:text.index(SECTION_START)] + section
+                + text[text.index(SECTION_END) + len(SECTION_END):].lstrip("\n"))
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    results.write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.protocols")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--peer", choices=["torchserve"], default=None,
+                        help="also measure TorchServe 0.12.0's HTTP and gRPC (benchmarks/peer.py)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="write the table into this RESULTS.md's protocols section")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="dagserve-bench-protocols-"))
@@ -94,47 +185,29 @@ def main(argv: list[str] | None = None) -> int:
         store = work / "store"
         store.mkdir()
         _mar(store, "echo", MODELS / "echo_handler.py")
-        inference, management, metrics, grpc_inf, grpc_mgmt = free_ports(5)
-        ports = Ports(inference, management, metrics)
-        config = write_config(work / "config.properties", ports, store)
-        with config.open("a") as fh:
-            fh.write(f"grpc_inference_port={grpc_inf}\ngrpc_management_port={grpc_mgmt}\n")
-        server = ServerProcess("dagserve", dagserve_command(config, store, "echo=echo.mar"),
-                               work / "server", ports)
-        server.start()
-        try:
-            server.wait_first_inference("/predictions/echo", b"x")
-            spec = LoadSpec(args.connections, args.seconds, 10**9, args.warmup)
-            rows = []
-            for label, path, body, ctype in (
-                    ("HTTP POST /predictions/echo", "/predictions/echo", b"x",
-                     "application/octet-stream"),
-                    ("v2 REST POST /v2/models/echo/infer", "/v2/models/echo/infer", V2_BODY,
-                     "application/json")):
-                cpu0 = _cpu_seconds(server.pid)
-                result = run_load(Target.from_url(server.inference + path, body=body,
-                                                  content_type=ctype), spec)
-                cpu = _cpu_seconds(server.pid) - cpu0
-                total = result.rps * (args.seconds + args.warmup)
-                rows.append((label, result.rps, result.p50_ms, result.p99_ms, result.errors,
-                             result.client_cpu_s, cpu / total * 1e6 if total else 0.0))
-            cpu0 = _cpu_seconds(server.pid)
-            g = asyncio.run(grpc_load(f"127.0.0.1:{grpc_inf}", args.connections,
-                                      args.seconds, args.warmup))
-            cpu = _cpu_seconds(server.pid) - cpu0
-            total = g["rps"] * (args.seconds + args.warmup)
-            rows.append(("gRPC Predictions (echo)", g["rps"], g["p50_ms"], g["p99_ms"],
-                         g["errors"], g["client_cpu_s"], cpu / total * 1e6 if total else 0.0))
-        finally:
-            server.proc.terminate()
-            server.proc.wait(30)
-        print(f"{args.connections} concurrent connections/streams, {args.seconds:g} s per run "
-              f"after {args.warmup:g} s warmup")
-        print("| API | req/s | p50 ms | p99 ms | errors | client CPU s | frontend CPU µs/req |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for label, rps, p50, p99, errors, cpu, per_req in rows:
-            print(f"| {label} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu:.1f} | "
-                  f"{per_req:.0f} |")
+        load = os.getloadavg()
+        rows = [("dagserve", *row) for row in
+                run_server("dagserve", dagserve_command, None, work, store, args, True)]
+        if args.peer == "torchserve":
+            from .peer import ensure_torchserve, torchserve_env
+
+            install = ensure_torchserve()
+            rows += [("TorchServe 0.12.0", *row) for row in run_server(
+                "torchserve", lambda c, s, p: torchserve_command(install.venv, c, s, p),
+                torchserve_env(install), work, store, args, False)]
+        command = "python -m benchmarks.protocols" + (" --peer torchserve" if args.peer else "")
+        lines = ["## Protocols: the echo model through each API", "",
+                 f"- Command: `{command}` ({args.connections} concurrent connections / "
+                 f"gRPC calls in flight, {args.seconds:g} s after {args.warmup:g} s warmup)",
+                 f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load "
+                 f"average at start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} "
+                 "(a shared machine: other sessions were running; figures are noisy)",
+                 "- Clients: Python (benchmarks/loadgen.py for HTTP, grpc.aio for gRPC), on "
+                 "the same 2 cores as the server; \"frontend CPU\" is the server's "
+                 "frontend process only", "", *table(rows)]
+        print("\n".join(lines))
+        if args.results is not None:
+            write_section(args.results, "\n".join(lines))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -188,7 +188,8 @@ def test_bad_management_calls(management, stubs, call, request_args, code):
     assert info.value.code() == code, info.value.details()
 
 
-def test_token_authorization(tmp_path, stubs):
+def test_token_authorization(tmp_path_factory, stubs):
+    tmp_path = tmp_path_factory.mktemp("auth")  # short: worker socket paths live below it
     store = tmp_path / "store"
     build_mar(store, "echo", ECHO_HANDLER)
     with start_server(tmp_path / "work", model_store=store,

@@ -29,6 +29,8 @@ def handle(data, context):
     """The kservev2 view: one dict per input tensor, data shaped as the tensor."""
     if data is None:
         return None
+    if context.get_request_header(0, "explain") == "True":
+        return [f"explained {tensor['name']}" for tensor in data]
     out = []
     for tensor in data:
         assert set(tensor) == {"name", "shape", "datatype", "data"}, tensor
@@ -215,6 +217,13 @@ def test_unknown_model_and_bad_method(server, http):
         http.get_model_metadata("nope")
 
 
+def test_explain_reaches_the_handler(server):
+    body = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}]}
+    r = requests.post(server.inference_url + "/v2/models/double/explain", json=body,
+                      timeout=30)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == ["explained x"]
+
+
 def test_bad_grpc_input_gets_its_status_and_the_server_keeps_serving(grpc_client):
     tensor = grpcclient.InferInput("x", [2], "INT32")
     tensor.set_data_from_numpy(np.array([1, 2], dtype=np.int32))
@@ -230,7 +239,10 @@ def test_bad_grpc_input_gets_its_status_and_the_server_keeps_serving(grpc_client
     assert grpc_client.infer("double", [good]).as_numpy("x").tolist() == [2, 4]
 
 
-def test_service_envelope_applies_to_predictions_and_the_switch_turns_v2_off(tmp_path):
+def test_service_envelope_and_v2_switch(tmp_path_factory):
+    """service_envelope=kservev2 puts /predictions through the envelope;
+    ts_open_inference_protocol=false turns the /v2 routes off."""
+    tmp_path = tmp_path_factory.mktemp("env")  # short: worker socket paths live below it
     store = tmp_path / "store"
     build_mar(store, "double", DOUBLE_HANDLER)
     config = {"service_envelope": "kservev2", "ts_open_inference_protocol": False}

@@ -145,3 +145,17 @@ def test_grpc_timeout_mid_stream_is_deadline_exceeded(server, stub):
     # the model's worker is started again and serves
     r = requests.post(server.inference_url + "/predictions/stream", data=b"quick", timeout=60)
     assert r.content == b"quick"
+
+
+def test_a_cancelled_grpc_stream_stops_the_handler(server, stub):
+    stubs, inference = stub
+    log = server.workdir / "logs" / "model_log.log"
+    before = log.read_text().count("stream stopped: its client went away")
+    call = inference.StreamPredictions(stubs.inference_pb2.PredictionsRequest(
+        model_name="stream", input={"data": b"long"}), timeout=30)
+    assert next(call).prediction.startswith(b"chunk0@")
+    call.cancel()
+    assert wait_until(lambda: log.read_text().count("stream stopped: its client went away")
+                      > before, 20)
+    r = requests.post(server.inference_url + "/predictions/stream", data=b"quick", timeout=60)
+    assert r.content == b"quick"

@@ -82,3 +82,25 @@ def test_kservev2_envelope_batch_view():
                                     "data": [10, 20]}
     assert out[0]["outputs"][1]["data"] == ["HI"]
     assert out[1]["outputs"][0]["name"] == "z" and out[1]["model_version"] == "2"
+
+
+def test_a_batch_of_v2_and_plain_requests_gets_each_its_own_view():
+    from dagserve.engine.handler.context import Context
+    from dagserve.engine.handler.service import V2_HEADER, Service
+    from dagserve.engine.messages import Param, Request
+
+    def handler(data, context):
+        return [f"v2 view {row['name']}" if "datatype" in row else
+                f"plain {bytes(row['body']).decode()}" for row in data]
+
+    context = Context("m", "/tmp", {"model": {"modelName": "m", "modelVersion": "1"}}, 2,
+                      None, "test")
+    v2_body = json.dumps({"inputs": [{"name": "x", "datatype": "INT32", "shape": [1],
+                                      "data": [1]}]}).encode()
+    requests = [Request("r0", [Param("body", None, b"hello")]),
+                Request("r1", [Param("body", "application/json", v2_body)], {V2_HEADER: "1"})]
+    responses, _ = Service(context, handler).predict(requests)
+    assert responses[0].value == b"plain hello"
+    out = json.loads(responses[1].value)
+    assert out["id"] == "r1" and out["outputs"][0]["data"] == ["v2 view x"]
+    assert context.request_ids == {0: "r0", 1: "r1"}  # restored after the split

@@ -1,7 +1,7 @@
 """The Open Inference Protocol's REST routes on the inference port:
 
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{m}[/versions/{v}]``,
-``.../ready``, ``POST .../infer``. Request and response bodies are JSON, or JSON followed by
+``.../ready``, ``POST .../infer`` (and ``.../explain``, as TorchServe has it). Request and response bodies are JSON, or JSON followed by
 binary tensor data (the binary tensor extension: ``Inference-Header-Content-Length`` says
 where the JSON ends; ``binary_data_size`` per tensor). Every error is the protocol's
 ``{"error": "..."}`` with its HTTP status.
@@ -97,10 +97,11 @@ class V2Routes:
             return self._get(method, partial(self.model_metadata, name=name, version=version))
         if rest == ["ready"]:
             return self._get(method, partial(self.model_ready, name=name, version=version))
-        if rest == ["infer"]:
+        if rest == ["infer"] or rest == ["explain"]:
             if method != "POST":
                 return _protocol_errors(_not_allowed)
-            return _protocol_errors(partial(self.infer, name=name, version=version))
+            return _protocol_errors(partial(self.infer, name=name, version=version,
+                                            explain=rest[0] == "explain"))
         return None
 
     @staticmethod
@@ -128,8 +129,10 @@ class V2Routes:
         return web.Response(status=200 if ready else 503, content_type="application/json",
                             body=json.dumps({"name": name, "ready": ready}).encode())
 
-    async def infer(self, request: web.BaseRequest, name: str,
-                    version: str | None) -> web.Response:
+    async def infer(self, request: web.BaseRequest, name: str, version: str | None,
+                    explain: bool = False) -> web.Response:
+        """``.../infer``; ``.../explain`` is the same call with the ``explain`` header that
+        TorchServe's handlers look at."""
         self.oip.model_ready(name, version)  # 404 before reading the body
         body = await request.read()
         length = request.headers.get(HEADER_LENGTH)
@@ -146,6 +149,7 @@ class V2Routes:
             raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
         req = check_request(payload, binary)
         headers = {k: v for k, v in request.headers.items() if k != HEADER_LENGTH}
+        headers["explain"] = "True" if explain else "False"
         resp = await self.oip.infer(name, version, req, request["request_id"], headers)
         return encode_response(resp, req)
 
