@@ -168,8 +168,14 @@ class OpenInference:
     # -- infer -----------------------------------------------------------------------
 
     async def infer(self, name: str, version: str | None, req: dict, request_id: str,
-                    headers: dict[str, str]) -> dict:
-        """Run a checked request (see :func:`check_request`); the response dict."""
+                    headers: dict[str, str], *, body: bytes | None = None,
+                    as_sent: bool = False) -> dict:
+        """Run a checked request (see :func:`check_request`); the response dict.
+
+        ``body``: the request's own JSON, when the envelope can read it as it is (no
+        binary data). ``as_sent``: a model's v2 JSON may come back unparsed, as ``{"raw":
+        bytes}`` (TorchServe returns the envelope's output as it is), when no outputs were
+        asked for by name."""
         mv = self._model(name, version)
         if mv is None:
             outputs = await self._infer_workflow(name, req, request_id, headers)
@@ -177,12 +183,14 @@ class OpenInference:
             out_id = None
         else:
             request = Request(request_id, [Param("body", "application/json",
-                                                 envelope_body(req))],
+                                                 body or envelope_body(req))],
                               {**headers, V2_HEADER: "1"})
             resp = await submit_to_model(mv, request)
             if resp.__class__ is ResultStream:
                 resp = await resp.collect()
             _raise_for(resp)
+            if as_sent and not req["outputs"]:
+                return {"raw": resp.value}
             out_id, outputs = _outputs_from_model(resp.value)
             name, model_version = mv.name, mv.version
         wanted = [o["name"] for o in req["outputs"]]
