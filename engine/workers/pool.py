@@ -11,11 +11,12 @@ import itertools
 import logging
 import os
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Mapping, TextIO
 
 from ..errors import ServiceUnavailableError
+from ..tasks import TaskHandle, TaskOwner
 from .batch_queue import BatchQueue
-from .process import WorkerProcess, WorkerSpec, WorkerStartError
+from .process import Launcher, WorkerProcess, WorkerSpec, WorkerStartError
 
 log = logging.getLogger("dagserve.workers")
 
@@ -33,22 +34,36 @@ class DeviceAllocator:
         return next(self._next) % self.gpu_count if self.gpu_count > 0 else None
 
 
-def visible_gpu_count(configured: int | None) -> int:
+def visible_gpu_count(configured: int | None,
+                      environ: Mapping[str, str] | None = None,
+                      driver_dir: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """GPUs the workers may use: ``number_of_gpu`` when configured, else the NVIDIA driver's
+    GPUs (one folder each under ``driver_dir``), limited by ``CUDA_VISIBLE_DEVICES``.
+
+    Read without importing torch: the frontend never needs it (importing it cost seconds of
+    start-up and ~150 MiB), and CUDA must stay uninitialised in the processes that fork."""
     if configured is not None:
         return configured
     try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # torch missing or broken CUDA: serve on CPU
+        count = sum(1 for _ in driver_dir.iterdir())
+    except OSError:
         return 0
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [part.strip() for part in visible.split(",") if part.strip()]
+        if "-1" in ids:
+            ids = ids[:ids.index("-1")]
+        count = min(count, len(ids))
+    return count
 
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
-                 sock_dir: Path, log_file: TextIO | None,
+                 sock_dir: Path, log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
+        self.tasks = tasks
+        self.launcher = launcher
         self.queue = queue
         self.devices = devices
         self.sock_dir = sock_dir
@@ -59,7 +74,7 @@ class WorkerPool:
         self.max_workers = 0
         self._closed = False
         self._failures = 0
-        self._restarts: set[asyncio.Task] = set()
+        self._restarts: set[TaskHandle] = set()
         self._retiring: dict[WorkerProcess, asyncio.Future] = {}
 
     @property
@@ -81,7 +96,7 @@ class WorkerPool:
     async def _start_one(self) -> WorkerProcess:
         worker = WorkerProcess(self.spec, sock_dir=self.sock_dir, gpu_id=self.devices.next(),
                                threads=self._threads(), log_file=self.log_file,
-                               on_idle=self._worker_idle, on_exit=self._on_exit,
+                               tasks=self.tasks, launcher=self.launcher, on_idle=self._worker_idle, on_exit=self._on_exit,
                                on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:
@@ -151,9 +166,21 @@ class WorkerPool:
         if not self.live_workers and not self._restarts and self.min_workers == 0:
             self.queue.fail_pending(self.no_worker_error())
         if len(self.live_workers) + len(self._restarts) < self.min_workers:
-            task = asyncio.ensure_future(self._restart())
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        holder: list[TaskHandle] = []
+
+        async def restart() -> None:
+            try:
+                await self._restart()
+            finally:
+                self._restarts.difference_update(holder)
+
+        handle = self.tasks.spawn(restart, name=f"restart of a worker of {self.spec.model_name}")
+        if not handle.finished:
+            holder.append(handle)
+            self._restarts.add(handle)
 
     async def _restart(self) -> None:
         delay = min(MAX_BACKOFF_S, 0.25 * (2 ** self._failures))
@@ -170,9 +197,7 @@ class WorkerPool:
                 self.queue.fail_pending(ServiceUnavailableError(
                     f"Model \"{self.spec.model_name}\" could not restart its worker: {exc}"))
             if not self._closed and len(self.live_workers) < self.min_workers:
-                task = asyncio.ensure_future(self._restart())
-                self._restarts.add(task)
-                task.add_done_callback(self._restarts.discard)
+                self._schedule_restart()
 
     def no_worker_error(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
@@ -186,8 +211,8 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._restarts):
-            task.cancel()
+        for handle in list(self._restarts):
+            handle.cancel()
         workers = list(self.workers)
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         self.queue.fail_pending(ServiceUnavailableError(

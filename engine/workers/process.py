@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import WorkerError
 from . import protocol
+from ..tasks import TaskOwner
 from .connection import WorkerConnection
+from .launch import ForkServerLauncher, SubprocessLauncher, WorkerHandle
+from .settings import WorkerSettings
 from .stream import ResultStream
 
 log = logging.getLogger("dagserve.workers")
@@ -44,7 +45,8 @@ HOLD_BUDGET_S = 0.001  # ... as long as they would all start within about this l
 
 @dataclass
 class WorkerSpec:
-    """What a worker of one model version needs to load and serve it."""
+    """What the workers of one model version need: how the frontend treats them (timeouts)
+    and what each is told (:meth:`settings_for`)."""
 
     model_name: str
     model_dir: Path
@@ -55,7 +57,15 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
-    extra: dict = field(default_factory=dict)
+    uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
+    envelope: str | None = None  # service_envelope
+
+    def settings_for(self, socket: Path, gpu_id: int | None, threads: int) -> WorkerSettings:
+        return WorkerSettings(
+            socket=str(socket), model_dir=str(self.model_dir), model_name=self.model_name,
+            handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
+            decode_input=self.decode_input, server_version=self.server_version,
+            config_file=self.config_file, envelope=self.envelope)
 
 
 @dataclass(slots=True)
@@ -66,16 +76,22 @@ class Job:
     stream: ResultStream | None = None  # set at the handler's first intermediate result
 
 
+Launcher = ForkServerLauncher | SubprocessLauncher
+
+
 class WorkerStartError(Exception):
     """The worker could not load its handler (or did not say so in time)."""
 
 
 class WorkerProcess:
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
-                 log_file: TextIO | None, on_idle: Callable[["WorkerProcess"], None],
+                 log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
+                 on_idle: Callable[["WorkerProcess"], None],
                  on_exit: Callable[["WorkerProcess", str], None],
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
+        self._tasks = tasks
+        self._launcher = launcher
         self.id = str(next(_ids))
         self.gpu_id = gpu_id
         self.threads = threads
@@ -87,10 +103,11 @@ class WorkerProcess:
         self._on_idle = on_idle
         self._on_exit = on_exit
         self._on_metrics = on_metrics
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: WorkerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._conn: WorkerConnection | None = None
         self._ready: asyncio.Future | None = None
+        self._exited: asyncio.Future | None = None  # set by the exit watcher
         self._inflight: list[Job] = []  # the batch the worker is running
         self._held: deque[list[Job]] = deque()  # batches waiting behind it in the socket
         self._started = 0.0  # when the running batch started
@@ -108,6 +125,7 @@ class WorkerProcess:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
+        self._exited = loop.create_future()
         conn_made = loop.create_future()
 
         def factory() -> WorkerConnection:
@@ -119,23 +137,15 @@ class WorkerProcess:
 
         self._server = await loop.create_unix_server(factory, path=str(self._sock_path))
         os.chmod(self._sock_path, 0o600)
-        settings = {
-            "socket": str(self._sock_path), "model_dir": str(self.spec.model_dir),
-            "model_name": self.spec.model_name, "handler": self.spec.handler,
-            "gpu_id": self.gpu_id, "batch_size": self.spec.batch_size, "threads": self.threads,
-            "decode_input": self.spec.decode_input, "server_version": self.spec.server_version,
-            "config_file": self.spec.config_file, **self.spec.extra,
-        }
-        out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings", json.dumps(settings),
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            cwd=str(self.spec.model_dir), start_new_session=True)
+        settings = self.spec.settings_for(self._sock_path, self.gpu_id, self.threads)
+        self._proc = await self._launcher.launch(settings, cwd=self.spec.model_dir,
+                                                 log_file=self._log_file,
+                                                 uses_torch=self.spec.uses_torch)
         self.pid = self._proc.pid
-        watcher = asyncio.ensure_future(self._watch_exit())
+        self._tasks.spawn(self._watch_exit, name=f"exit watcher of worker {self.id}")
         try:
             async with asyncio.timeout(self.spec.startup_timeout):
-                done, _ = await asyncio.wait({self._ready, watcher},
+                done, _ = await asyncio.wait({self._ready, self._exited},
                                              return_when=asyncio.FIRST_COMPLETED)
             if self._ready.done():
                 self._ready.result()  # raises WorkerStartError on load_failed
@@ -161,6 +171,8 @@ class WorkerProcess:
     async def _watch_exit(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(code)
         self._die(f"Worker died (exit code {code}).")
 
     def kill(self) -> None:

@@ -34,7 +34,8 @@ def _options(max_request_size: int, age_ms: int | None, grace_ms: int | None) ->
 
 async def start_grpc(cfg: Config, *, registry, run_workflow, management_owner,
                      keys=None) -> Stopper:
-    """Start both gRPC servers (``keys``: the KeyStore when token auth is on)."""
+    """Start both gRPC servers. ``management_owner``: the runtime the management calls
+    act on; ``keys``: the KeyStore when token auth is on."""
     if cfg.enable_grpc_ssl:
         raise ConfigError("enable_grpc_ssl=true is not supported by dagserve yet; put a TLS "
                           "proxy in front of the gRPC ports, or set it to false")

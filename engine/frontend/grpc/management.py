@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from ...errors import DagserveError
-from ..management import ManagementRoutes
+from ..management import ManagementRoutes, routes_for
 from .messages import load
 from .status import abort
 
@@ -97,7 +97,6 @@ class ManagementService(services.ManagementAPIsServiceServicer):
         return await self._answer(context, self.routes.unregister, _Call({}, match))
 
 
-def add_to_server(server: grpc.aio.Server, owner) -> None:
-    """``owner``: what ManagementRoutes manages (the server: cfg, registry, models, ...)."""
+def add_to_server(server: grpc.aio.Server, runtime) -> None:
     services.add_ManagementAPIsServiceServicer_to_server(
-        ManagementService(ManagementRoutes(owner)), server)
+        ManagementService(routes_for(runtime)), server)
