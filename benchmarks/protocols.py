@@ -122,11 +122,10 @@ def measure(server: ServerProcess, grpc_port: int, args: argparse.Namespace,
 
 def run_server(name: str, argv_for, env: dict | None, work: Path, store: Path,
                args: argparse.Namespace, with_v2: bool) -> list[tuple]:
-    inference, management, metrics, grpc_inf, grpc_mgmt = free_ports(5)
-    ports = Ports(inference, management, metrics)
+    ports = Ports(*free_ports(3))
     config = write_config(work / f"{name}.properties", ports, store)
-    with config.open("a") as fh:
-        fh.write(f"grpc_inference_port={grpc_inf}\ngrpc_management_port={grpc_mgmt}\n")
+    grpc_inf = int(next(line for line in config.read_text().splitlines()
+                        if line.startswith("grpc_inference_port=")).split("=", 1)[1])
     server = ServerProcess(name, argv_for(config, store, "echo=echo.mar"), work / name, ports)
     if env is not None:
         server.env = env
