@@ -29,6 +29,8 @@ from .http_input import read_params
 from .openapi import inference_openapi
 from ..workers.stream import ResultStream
 from .responses import handler_response, json_response
+from ..handler.context import SEQUENCE_ID_HEADER
+from .sequences import gates_for, sequence_headers
 from .streaming import stream_response
 from .v2.core import OpenInference
 from .v2.rest import V2Routes
@@ -49,6 +51,7 @@ class InferenceRoutes:
         self.registry = registry
         self.run_workflow = run_workflow
         self.max_response_size = max_response_size
+        self.sequences = gates_for(registry)  # stateful models (sequenceBatching)
         # the Open Inference Protocol's /v2 routes (ts_open_inference_protocol)
         self.v2 = V2Routes(OpenInference(registry, run_workflow)) if open_inference else None
 
@@ -73,14 +76,23 @@ class InferenceRoutes:
         if explain:
             headers["explain"] = "True"
         req = Request(request["request_id"], await read_params(request), headers)
+        gate = self.sequences.for_model(mv)
         status = 500
         try:
-            resp = await mv.queue.submit(req)
+            if gate is None:
+                resp = await mv.queue.submit(req)
+            else:  # a stateful model: the request's turn in its sequence
+                sequence = sequence_headers(headers, request.headers.get(SEQUENCE_ID_HEADER))
+                resp = await gate.run(sequence, partial(mv.queue.submit, req))
             if resp.__class__ is ResultStream:  # the handler streams its results
                 status = 200
-                return await stream_response(resp)
-            status = resp.code
-            return self._reply(resp)
+                out = await stream_response(resp)
+            else:
+                status = resp.code
+                out = self._reply(resp)
+            if gate is not None:
+                out.headers[SEQUENCE_ID_HEADER] = sequence
+            return out
         except BaseException as exc:
             status = getattr(exc, "status", 500)
             raise

@@ -7,24 +7,26 @@ extension. Predictions answers with the whole result (a streaming handler's chun
 StreamPredictions sends one response per chunk. StreamPredictions2 serves the requests of
 a bidirectional stream in order, each with its sequence id (given, or a new
 ``ts-seq-<uuid>`` whose first request is marked as the sequence start); the handler reads
-it with ``context.get_sequence_id(idx)``; an error answers that request with ``status``
-set and the stream goes on, as TorchServe does.
+it with ``context.get_sequence_id(idx)``; on a stateful model (``sequenceBatching``) the
+request waits for its turn in the sequence (frontend/sequences.py); an error answers that
+request with ``status`` set and the stream goes on, as TorchServe does.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
+from functools import partial
 from typing import AsyncIterator
 
 import grpc
 
 from ...errors import BadRequestError, DagserveError
-from ...handler.context import SEQUENCE_END_HEADER, SEQUENCE_ID_HEADER, SEQUENCE_START_HEADER
+from ...handler.context import SEQUENCE_END_HEADER
 from ...messages import Param, Request, Response
 from ...registry import Registry
 from ...workers.stream import ResultStream
 from ..middleware import new_request_id
+from ..sequences import gates_for, sequence_headers
 from ..submit import submit_to_model
 from .messages import load
 from .status import abort, grpc_code
@@ -44,8 +46,10 @@ class InferenceService(services.InferenceAPIsServiceServicer):
     def __init__(self, registry: Registry, run_workflow):
         self.registry = registry
         self.run_workflow = run_workflow
+        self.sequences = gates_for(registry)
 
-    async def _start(self, request, headers: dict[str, str]) -> Response | ResultStream:
+    async def _start(self, request, headers: dict[str, str],
+                     sequence: str | None = None) -> Response | ResultStream:
         name = request.model_name
         if not name:
             raise BadRequestError("Parameter model_name is required.")
@@ -58,6 +62,9 @@ class InferenceService(services.InferenceAPIsServiceServicer):
             if version is None and name in self.registry.workflows and self.run_workflow:
                 return await self.run_workflow(name, req)
             raise
+        gate = self.sequences.for_model(mv) if sequence else None
+        if gate is not None:  # a stateful model: the request's turn in its sequence
+            return await gate.run(sequence, partial(submit_to_model, mv, req))
         return await submit_to_model(mv, req)
 
     async def Ping(self, request, context):
@@ -99,16 +106,13 @@ class InferenceService(services.InferenceAPIsServiceServicer):
 
     async def StreamPredictions2(self, request_iterator, context) -> AsyncIterator:
         async for request in request_iterator:
-            sequence_id = request.sequence_id if request.HasField("sequence_id") else ""
-            headers = {}
-            if not sequence_id:
-                sequence_id = f"ts-seq-{uuid.uuid4()}"
-                headers[SEQUENCE_START_HEADER] = "true"
-            headers[SEQUENCE_ID_HEADER] = sequence_id
+            headers: dict[str, str] = {}
+            sequence_id = sequence_headers(
+                headers, request.sequence_id if request.HasField("sequence_id") else None)
             if request.input.get(SEQUENCE_END_HEADER, b"").lower() == b"true":
                 headers[SEQUENCE_END_HEADER] = "true"
             try:
-                resp = await self._start(request, headers)
+                resp = await self._start(request, headers, sequence_id)
                 if resp.__class__ is ResultStream:
                     async for chunk in resp:
                         yield self._sequence_reply(chunk, sequence_id)
