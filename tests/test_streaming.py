@@ -46,6 +46,12 @@ def pre(data, context):
     if data is None:
         return None
     return [row.get("data") or row.get("body") for row in data]
+
+
+def post(data, context):
+    if data is None:
+        return None
+    return [b"POST:" + bytes(row.get("data") or row.get("body")) for row in data]
 '''
 WF_SPEC = """
 models:
@@ -53,6 +59,13 @@ models:
     url: stream.mar
 dag:
   pre: [streamer]
+"""
+COLLECTED_SPEC = """
+models:
+  streamer:
+    url: stream.mar
+dag:
+  streamer: [post]
 """
 
 
@@ -62,8 +75,9 @@ def server(tmp_path_factory):
     store = work / "store"
     build_mar(store, "stream", STREAM_HANDLER, config_yaml=CONFIG)
     build_war(store, "streaming_wf", WF_SPEC, WF_HANDLER)
+    build_war(store, "collected_wf", COLLECTED_SPEC, WF_HANDLER)
     args = ["--disable-token-auth", "--ncs", "--models", "stream=stream.mar",
-            "--workflows", "streaming_wf.war"]
+            "--workflows", "streaming_wf.war", "collected_wf.war"]
     with start_server(work, model_store=store, args=args, timeout=120) as srv:
         yield srv
 
@@ -98,6 +112,13 @@ def test_http_gets_one_chunk_per_intermediate_result(server):
 
 def test_a_workflow_passes_its_response_nodes_stream_through(server):
     check_streamed(read_chunks(server.inference_url + "/wfpredict/streaming_wf", b"x"))
+
+
+def test_a_streaming_node_inside_a_workflow_hands_on_its_whole_output(server):
+    r = requests.post(server.inference_url + "/wfpredict/collected_wf", data=b"x", timeout=30)
+    assert r.status_code == 200
+    assert r.content.startswith(b"POST:chunk0@") and r.content.endswith(b";done")
+    assert r.content.count(b"chunk") == 3
 
 
 def test_grpc_predictions_joins_a_stream(server, stub):
