@@ -75,7 +75,7 @@ def test_kservev2_envelope_batch_view():
                 {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}},
             {"body": json.dumps({"inputs": [{"name": "z", "datatype": "FP32", "shape": [1],
                                              "data": [0.5]}]}).encode()}]
-    out = envelope.handle(rows, context)
+    out = [json.loads(o) for o in envelope.handle(rows, context)]
     assert seen[0][0]["data"] == [[1], [2]] and seen[0][1]["data"] == "hi"
     assert [o["id"] for o in out] == ["a", "req1"]
     assert out[0]["outputs"][0] == {"name": "x", "datatype": "INT64", "shape": [2, 1],

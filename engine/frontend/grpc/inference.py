@@ -114,8 +114,11 @@ class InferenceService(services.InferenceAPIsServiceServicer):
             try:
                 resp = await self._start(request, headers, sequence_id)
                 if resp.__class__ is ResultStream:
-                    async for chunk in resp:
-                        yield self._sequence_reply(chunk, sequence_id)
+                    try:
+                        async for chunk in resp:
+                            yield self._sequence_reply(chunk, sequence_id)
+                    finally:
+                        resp.cancel()  # nothing left to stop unless the client went away
                     continue
                 yield self._sequence_reply(resp, sequence_id)
             except DagserveError as exc:
