@@ -174,13 +174,14 @@ def encode_binary(datatype: str, data: list) -> bytes:
 
 def infer_datatype(data: list) -> str:
     """The v2 datatype of flat Python values (an output a handler made without saying)."""
-    if data and all(isinstance(x, bool) for x in data):
+    kinds = {type(x) for x in data}
+    if kinds == {bool}:
         return "BOOL"
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in data):
+    if kinds and kinds <= {int}:
         return "INT64"
-    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
+    if kinds and kinds <= {int, float}:
         return "FP64"
-    return "BYTES"
+    return "BYTES" if data else "INT64"
 
 
 def shape_of(data: Any) -> list[int]:

@@ -92,7 +92,7 @@ class OpenInferenceService(services.GRPCInferenceServiceServicer):
         try:
             if not request.model_name:
                 raise DagserveError("model_name is required", 400)
-            self.oip.model_ready(request.model_name, request.model_version or None)
+            self.oip.check_exists(request.model_name, request.model_version or None)
             payload, binary = request_payload(request)
             req = check_request(payload, binary)
             resp = await self.oip.infer(request.model_name, request.model_version or None,

@@ -138,6 +138,10 @@ class OpenInference:
     def server_metadata() -> dict:
         return {"name": "dagserve", "version": SERVER_VERSION, "extensions": EXTENSIONS}
 
+    def check_exists(self, name: str, version: str | None) -> None:
+        """404 (ModelNotFoundError) unless ``name`` is a model (version) or a workflow."""
+        self._model(name, version)
+
     def _model(self, name: str, version: str | None):
         try:
             return self.registry.get(name, version)
@@ -171,6 +175,7 @@ class OpenInference:
                     headers: dict[str, str], *, body: bytes | None = None,
                     as_sent: bool = False) -> dict:
         """Run a checked request (see :func:`check_request`); the response dict.
+        ``headers`` (the request's, a dict of its own) go to the handler.
 
         ``body``: the request's own JSON, when the envelope can read it as it is (no
         binary data). ``as_sent``: a model's v2 JSON may come back unparsed, as ``{"raw":
@@ -182,9 +187,9 @@ class OpenInference:
             model_version = "1.0"
             out_id = None
         else:
+            headers[V2_HEADER] = "1"
             request = Request(request_id, [Param("body", "application/json",
-                                                 body or envelope_body(req))],
-                              {**headers, V2_HEADER: "1"})
+                                                 body or envelope_body(req))], headers)
             resp = await submit_to_model(mv, request)
             if resp.__class__ is ResultStream:
                 resp = await resp.collect()

@@ -21,6 +21,7 @@ from .core import OpenInference, check_request
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def v2_error(status: int, message: str) -> web.Response:
@@ -133,7 +134,7 @@ class V2Routes:
                     explain: bool = False) -> web.Response:
         """``.../infer``; ``.../explain`` is the same call with the ``explain`` header that
         TorchServe's handlers look at."""
-        self.oip.model_ready(name, version)  # 404 before reading the body
+        self.oip.check_exists(name, version)  # 404 before reading the body
         body = await request.read()
         length = request.headers.get(HEADER_LENGTH)
         if length is not None:
@@ -148,13 +149,14 @@ class V2Routes:
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
         req = check_request(payload, binary)
-        headers = {k: v for k, v in request.headers.items() if k != HEADER_LENGTH}
+        headers = dict(request.headers)
+        headers.pop(HEADER_LENGTH, None)
         headers["explain"] = "True" if explain else "False"
         as_sent = not any(_wants_binary(req).values())
         resp = await self.oip.infer(name, version, req, request["request_id"], headers,
                                     body=None if binary else header, as_sent=as_sent)
         if "raw" in resp:  # the model's v2 JSON as its envelope made it
-            return web.Response(body=resp["raw"], content_type="application/json")
+            return web.Response(body=resp["raw"], headers=JSON_HEADERS)
         return encode_response(resp, req)
 
 
