@@ -5,6 +5,7 @@ status codes of bad calls, and token authorization."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import grpc
@@ -12,7 +13,8 @@ import pytest
 from google.protobuf import empty_pb2
 
 from grpc_stubs import generate
-from server_utils import ECHO_HANDLER, build_mar, build_war, start_server
+from server_utils import (API_NAMES, ECHO_HANDLER, GRPC_NAMES, build_mar, build_war, free_port,
+                          start_server)
 
 STREAM_HANDLER = '''
 import time
@@ -215,3 +217,15 @@ def test_token_authorization(tmp_path_factory, stubs):
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             mgmt = (("authorization", f"Bearer {keys['management']['key']}"),)
             assert '"echo"' in stub.ListModels(listing, metadata=mgmt, timeout=30).msg
+
+
+def test_a_taken_grpc_port_stops_the_start_with_a_clear_message(tmp_path_factory):
+    work = tmp_path_factory.mktemp("taken")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {api: free_port() for api in API_NAMES + GRPC_NAMES}
+        ports["grpc_inference"] = taken.getsockname()[1]
+        with pytest.raises(RuntimeError) as info:
+            start_server(work, ports=ports, args=["--disable-token-auth", "--ncs"])
+    assert f"cannot listen for gRPC on 127.0.0.1:{ports['grpc_inference']}" in str(info.value)
