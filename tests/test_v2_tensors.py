@@ -104,3 +104,23 @@ def test_a_batch_of_v2_and_plain_requests_gets_each_its_own_view():
     out = json.loads(responses[1].value)
     assert out["id"] == "r1" and out["outputs"][0]["data"] == ["v2 view x"]
     assert context.request_ids == {0: "r0", 1: "r1"}  # restored after the split
+
+
+def test_ts_names_of_the_envelopes_and_streaming_helpers():
+    import importlib
+
+    from dagserve.engine.handler import streaming, ts_alias
+    from dagserve.engine.handler.request_envelope import kservev2
+
+    ts_alias.install()
+    try:
+        module = importlib.import_module("ts.torch_handler.request_envelope.kservev2")
+        assert module.KServev2Envelope is kservev2.KServev2Envelope
+        base = importlib.import_module("ts.torch_handler.request_envelope.base")
+        assert issubclass(module.KServev2Envelope, base.BaseEnvelope)
+        utils = importlib.import_module("ts.handler_utils.utils")
+        assert utils.send_intermediate_predict_response is \
+            streaming.send_intermediate_predict_response
+        assert utils.import_class("json.JSONDecoder") is json.JSONDecoder
+    finally:
+        ts_alias.uninstall()
