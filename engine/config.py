@@ -63,7 +63,9 @@ class Config:
     grpc_management_max_connection_age_ms: int | None = None
     grpc_inference_max_connection_age_grace_ms: int | None = None
     grpc_management_max_connection_age_grace_ms: int | None = None
-    enable_grpc_ssl: bool = False
+    enable_grpc_ssl: bool = False  # TLS on both gRPC ports, with these two PEM files:
+    certificate_file: Path | None = None
+    private_key_file: Path | None = None
     # the Open Inference Protocol (KServe v2) on the inference ports; TorchServe's key (and
     # TS_OPEN_INFERENCE_PROTOCOL=oip); on unless set to false (TorchServe: off by default)
     ts_open_inference_protocol: bool = True
@@ -90,7 +92,8 @@ _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metr
              "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
              "grpc_inference_address", "grpc_management_address"}
 ENVELOPES = ("json", "body", "kserve", "kservev2")
-_PATH_KEYS = {"model_store", "workflow_store", "plugins_path"}
+_PATH_KEYS = {"model_store", "workflow_store", "plugins_path", "certificate_file",
+              "private_key_file"}
 _LIST_KEYS = {"load_models", "load_workflows"}
 
 

@@ -229,3 +229,56 @@ def test_a_taken_grpc_port_stops_the_start_with_a_clear_message(tmp_path_factory
         with pytest.raises(RuntimeError) as info:
             start_server(work, ports=ports, args=["--disable-token-auth", "--ncs"])
     assert f"cannot listen for gRPC on 127.0.0.1:{ports['grpc_inference']}" in str(info.value)
+
+
+def self_signed(directory) -> tuple:
+    """A certificate for 127.0.0.1 / localhost and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_grpc_over_tls(tmp_path_factory, stubs):
+    work = tmp_path_factory.mktemp("tls")
+    cert, key = self_signed(work)
+    config = {"enable_grpc_ssl": True, "certificate_file": cert, "private_key_file": key}
+    with start_server(work, config=config, args=["--disable-token-auth", "--ncs"]) as srv:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(srv.grpc_inference_target, credentials) as channel:
+            stub = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+            assert '"Healthy"' in stub.Ping(empty_pb2.Empty(), timeout=30).health
+        with grpc.insecure_channel(srv.grpc_management_target) as channel:
+            stub = stubs.management_pb2_grpc.ManagementAPIsServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ListModels(stubs.management_pb2.ListModelsRequest(), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_without_its_files_is_refused_at_start(tmp_path_factory):
+    work = tmp_path_factory.mktemp("notls")
+    with pytest.raises(RuntimeError) as info:
+        start_server(work, config={"enable_grpc_ssl": True},
+                     args=["--disable-token-auth", "--ncs"])
+    assert "enable_grpc_ssl=true needs private_key_file" in str(info.value)

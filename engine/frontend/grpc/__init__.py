@@ -1,6 +1,6 @@
 """The gRPC APIs: TorchServe's inference and management services on
 ``grpc_inference_port`` / ``grpc_management_port`` (7070 / 7071, on 127.0.0.1 unless
-``grpc_*_address`` says otherwise), and the Open Inference Protocol's
+``grpc_*_address`` says otherwise; TLS with ``enable_grpc_ssl``), and the Open Inference Protocol's
 ``inference.GRPCInferenceService`` beside TorchServe's on the inference port
 (``ts_open_inference_protocol``). Both servers run in the server's event loop.
 
@@ -36,9 +36,7 @@ async def start_grpc(cfg: Config, *, registry, run_workflow, management_owner,
                      keys=None) -> Stopper:
     """Start both gRPC servers. ``management_owner``: the runtime the management calls
     act on; ``keys``: the KeyStore when token auth is on."""
-    if cfg.enable_grpc_ssl:
-        raise ConfigError("enable_grpc_ssl=true is not supported by dagserve yet; put a TLS "
-                          "proxy in front of the gRPC ports, or set it to false")
+    tls = _tls_pair(cfg) if cfg.enable_grpc_ssl else None
     # Workers are started with fork+exec: gRPC's fork handlers have nothing to do there
     # (and would log a line per worker start).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -81,7 +79,10 @@ async def start_grpc(cfg: Config, *, registry, run_workflow, management_owner,
                 (management_server, cfg.grpc_management_address, cfg.grpc_management_port)):
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             try:
-                srv.add_insecure_port(address)
+                if tls is None:
+                    srv.add_insecure_port(address)
+                else:
+                    srv.add_secure_port(address, grpc.ssl_server_credentials([tls]))
             except RuntimeError as exc:
                 raise OSError(f"cannot listen for gRPC on {address} (address already in use?)"
                               f": {exc}") from None
@@ -94,6 +95,21 @@ async def start_grpc(cfg: Config, *, registry, run_workflow, management_owner,
              cfg.grpc_inference_address, cfg.grpc_inference_port,
              cfg.grpc_management_address, cfg.grpc_management_port)
     return stop
+
+
+def _tls_pair(cfg: Config) -> tuple[bytes, bytes]:
+    """(private key, certificate chain) PEM bytes for ``enable_grpc_ssl`` (TorchServe's
+    ``private_key_file`` and ``certificate_file`` keys)."""
+    pair = []
+    for key in ("private_key_file", "certificate_file"):
+        path = getattr(cfg, key)
+        if path is None:
+            raise ConfigError(f"enable_grpc_ssl=true needs {key} (a PEM file)")
+        try:
+            pair.append(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {key} {path}: {exc.strerror}") from None
+    return pair[0], pair[1]
 
 
 async def _nothing() -> None:
