@@ -257,3 +257,14 @@ def test_service_envelope_and_v2_switch(tmp_path_factory):
         assert out["id"] == "r1" and out["outputs"][0]["data"] == [10, 12]
         assert requests.get(srv.inference_url + "/v2/health/live", timeout=30).status_code \
             == 404
+
+
+def test_versioned_routes(server):
+    body = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [21]}]}
+    base = server.inference_url + "/v2/models/double/versions"
+    r = requests.post(base + "/1.0/infer", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [42]
+    assert r.json()["model_version"] == "1.0"
+    assert requests.get(base + "/1.0/ready", timeout=30).json()["ready"] is True
+    r = requests.post(base + "/9.9/infer", json=body, timeout=30)
+    assert r.status_code == 404 and "9.9" in r.json()["error"]
