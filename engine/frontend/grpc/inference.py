@@ -59,8 +59,9 @@ class InferenceService(services.InferenceAPIsServiceServicer):
         try:
             mv = self.registry.get(name, version)
         except DagserveError:
-            if version is None and name in self.registry.workflows and self.run_workflow:
-                return await self.run_workflow(name, req)
+            if name in self.registry.workflows and self.run_workflow:
+                entry = self.registry.workflow(name, version)  # 404 for an unknown version
+                return await self.run_workflow(name, req, entry.version)
             raise
         gate = self.sequences.for_model(mv) if sequence else None
         if gate is not None:  # a stateful model: the request's turn in its sequence

@@ -143,10 +143,12 @@ class OpenInference:
         self._model(name, version)
 
     def _model(self, name: str, version: str | None):
+        """The model version, or None for a workflow (a model of the name wins)."""
         try:
             return self.registry.get(name, version)
         except DagserveError:
-            if version is None and name in self.registry.workflows:
+            if name in self.registry.workflows:
+                self.registry.workflow(name, version)  # 404 for a version it does not have
                 return None
             raise ModelNotFoundError(f"Model not found: {name}" if version is None else
                                      f"Model version {version} not found for model {name}")
@@ -154,18 +156,19 @@ class OpenInference:
     def model_ready(self, name: str, version: str | None) -> bool:
         mv = self._model(name, version)
         if mv is None:
-            entry = self.registry.workflows[name]
-            return all(m.pool.ready_count > 0 for m in entry.node_models.values())
+            entry = self.registry.workflow(name, version)
+            return all(m.pool.ready_count > 0 for m in entry.targets.values())
         return mv.pool.ready_count > 0
 
     def model_metadata(self, name: str, version: str | None) -> dict:
         mv = self._model(name, version)
         if mv is None:
-            entry = self.registry.workflows[name]
-            leaves = list(entry.compiled.leaves)
-            return {"name": name, "versions": ["1.0"], "platform": "dagserve_workflow",
-                    "inputs": [], "outputs": [{"name": leaf, "datatype": "BYTES",
-                                               "shape": [-1]} for leaf in leaves]}
+            entry = self.registry.workflow(name, version)
+            return {"name": name,
+                    "versions": [e.version for e in self.registry.workflow_versions(name)],
+                    "platform": "dagserve_workflow", "inputs": [],
+                    "outputs": [{"name": leaf, "datatype": "BYTES", "shape": [-1]}
+                                for leaf in entry.compiled.leaves]}
         return {"name": mv.name, "versions": [m.version for m in self.registry.versions(name)],
                 "platform": "pytorch_torchserve", "inputs": [], "outputs": []}
 
@@ -183,8 +186,8 @@ class OpenInference:
         asked for by name."""
         mv = self._model(name, version)
         if mv is None:
-            outputs = await self._infer_workflow(name, req, request_id, headers)
-            model_version = "1.0"
+            model_version = self.registry.workflow(name, version).version
+            outputs = await self._infer_workflow(name, model_version, req, request_id, headers)
             out_id = None
         else:
             headers[V2_HEADER] = "1"
@@ -209,7 +212,7 @@ class OpenInference:
         return {"model_name": name, "model_version": model_version,
                 "id": req.get("id") or out_id or request_id, "outputs": outputs}
 
-    async def _infer_workflow(self, name: str, req: dict, request_id: str,
+    async def _infer_workflow(self, name: str, version: str, req: dict, request_id: str,
                               headers: dict[str, str]) -> list[dict]:
         if self.run_workflow is None:
             raise ModelNotFoundError(f"Model not found: {name}")
@@ -220,15 +223,22 @@ class OpenInference:
             else:
                 value = reshape([_json_element(x) for x in t["data"]], t["shape"])
                 params.append(Param(t["name"], "application/json", json.dumps(value).encode()))
-        resp = await self.run_workflow(name, Request(request_id, params, dict(headers)))
+        resp = await self.run_workflow(name, Request(request_id, params, dict(headers)),
+                                       version)
         if resp.__class__ is ResultStream:
             resp = await resp.collect()
         _raise_for(resp)
-        leaves = list(self.registry.workflows[name].compiled.leaves)
+        leaves = list(self.registry.workflow(name, version).compiled.leaves)
         if len(leaves) == 1:
             return [_outputs_from_bytes(leaves[0], resp.value)]
-        merged = json.loads(resp.value)
-        return [_outputs_from_bytes(leaf, json.dumps(merged[leaf]).encode()) for leaf in leaves]
+        try:  # several response nodes: {node: output}
+            merged = json.loads(resp.value)
+        except (ValueError, UnicodeDecodeError):
+            merged = None
+        if not isinstance(merged, dict):
+            return [_outputs_from_bytes(name, resp.value)]
+        return [_outputs_from_bytes(node, json.dumps(value).encode())
+                for node, value in merged.items()]
 
 
 def _raise_for(resp: Response) -> None:
