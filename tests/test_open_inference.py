@@ -268,3 +268,16 @@ def test_versioned_routes(server):
     assert requests.get(base + "/1.0/ready", timeout=30).json()["ready"] is True
     r = requests.post(base + "/9.9/infer", json=body, timeout=30)
     assert r.status_code == 404 and "9.9" in r.json()["error"]
+
+
+def test_workflow_versions(server):
+    meta = requests.get(server.inference_url + "/v2/models/tripler", timeout=30).json()
+    assert meta["platform"] == "dagserve_workflow" and meta["outputs"][0]["name"] == "scale"
+    version = meta["versions"][0]
+    body = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}
+    base = server.inference_url + "/v2/models/tripler/versions"
+    r = requests.post(f"{base}/{version}/infer", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [3, 6]
+    assert r.json()["model_version"] == version
+    r = requests.post(f"{base}/9.9/infer", json=body, timeout=30)
+    assert r.status_code == 404 and "error" in r.json()
