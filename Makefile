@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
+ALIASES_STAMP := $(VENV)/.aliases-installed
 PORT_ARGS ?=
 
 .PHONY: setup setup-examples test serve examples bench clean
@@ -19,15 +20,23 @@ $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install -q -e '.[dev,fast,grpc]'
 	touch $@
 
-setup: $(STAMP)
+# torchserve / torch-model-archiver / torch-workflow-archiver as aliases (a real
+# TorchServe's scripts are never replaced)
+$(ALIASES_STAMP): $(STAMP)
+	$(VENV)/bin/dagserve install-aliases
+	touch $@
+
+setup: $(STAMP) $(ALIASES_STAMP)
 
 $(EXAMPLES_STAMP): $(STAMP)
 	$(PIP) install -q -e '.[examples]' || echo "examples extra not installed: the text workflow is skipped"
 	touch $@
 
-setup-examples: $(EXAMPLES_STAMP)
+setup-examples: $(EXAMPLES_STAMP) $(ALIASES_STAMP)
 
 test: setup-examples
+	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl) \
+		|| echo "openssl missing: the TLS tests are skipped"
 	$(PY) -m pytest -q
 
 examples: setup-examples

@@ -27,7 +27,9 @@ from .metrics import MetricsCollector
 from .models import ModelManager, ModelOptions
 from .registry import Registry
 from .snapshot import SnapshotManager
+from .system_metrics import SystemMetrics
 from .tasks import TaskOwner
+from .workers.environment import worker_environment
 from .workers.launch import ForkServerLauncher, SubprocessLauncher
 from .workers.pool import DeviceAllocator, visible_gpu_count
 from .workflow_manager import WorkflowManager
@@ -52,19 +54,24 @@ class Runtime:
     models: ModelManager
     workflows: WorkflowManager
     keys: KeyStore | None  # None when token authorization is off
+    system_metrics: SystemMetrics  # CPUUtilization ... in /metrics (TorchServe's names)
 
     @classmethod
     def build(cls, cfg: Config, tasks: TaskOwner) -> "Runtime":
         """Open the logs and the private work directory and wire every part."""
         logs = setup_logging(cfg)
+        for warning in cfg.startup_warnings:  # config keys read but not supported
+            log.warning(warning)
         work_dir = Path(tempfile.mkdtemp(prefix="dagserve-"))
         os.chmod(work_dir, 0o700)
         try:
             registry = Registry()
             metrics = MetricsCollector(registry, log=logs.metrics)
             snapshots = SnapshotManager(cfg, registry) if cfg.snapshots else None
-            launcher = ForkServerLauncher(tasks, logs.model.file) if cfg.worker_fork_server \
-                else SubprocessLauncher()
+            # blacklist_env_vars: the fork server and every worker start without them
+            env = worker_environment(os.environ, cfg.blacklist_env_vars)
+            launcher = ForkServerLauncher(tasks, logs.model.file, env=env) \
+                if cfg.worker_fork_server else SubprocessLauncher(env)
             models = ModelManager(
                 cfg, registry, intake=ArchiveIntake(cfg.allowed_urls, work_dir),
                 work_dir=work_dir, devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
@@ -73,7 +80,9 @@ class Runtime:
                 on_metrics=metrics.record_handler_metrics)
             workflows = WorkflowManager(cfg, registry, models)
             keys = None if cfg.disable_token_authorization else \
-                KeyStore.load_or_create(cfg.key_file)
+                KeyStore.load_or_create(cfg.key_file, cfg.token_expiration_min)
+            system_metrics = SystemMetrics.from_config(cfg)
+            system_metrics.register(metrics.prometheus)
         except BaseException:
             logs.close()
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -82,9 +91,11 @@ class Runtime:
         metrics.start_server_log(tasks)
         if isinstance(launcher, ForkServerLauncher):
             launcher.start()  # importing torch takes seconds: begin before models load
+        if system_metrics.names:
+            tasks.spawn(system_metrics.run, name="system metrics")
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,
                    metrics=metrics, snapshots=snapshots, models=models, workflows=workflows,
-                   keys=keys)
+                   keys=keys, system_metrics=system_metrics)
 
     def persist(self) -> None:
         """Write the snapshot of a change just made, before the API answers (SIGKILL-safe)."""
@@ -94,7 +105,10 @@ class Runtime:
     async def load_at_start(self) -> None:
         """The newest snapshot, else the models and workflows named by the configuration."""
         restored = False
-        if self.snapshots is not None:
+        if self.cfg.model_snapshot:  # config.properties names what to restore (TorchServe)
+            restored = await SnapshotManager(self.cfg, self.registry).restore_text(
+                self.cfg.model_snapshot, self.models)
+        elif self.snapshots is not None:
             restored = await self.snapshots.restore_latest(self.models, self.workflows)
         if not restored:
             for name, url in startup_entries(self.cfg.load_models, self.cfg.model_store,

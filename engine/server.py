@@ -23,6 +23,7 @@ from .frontend.metrics_api import build_metrics_app
 from .frontend.middleware import make_common_middleware
 from .runtime import Runtime
 from .tasks import TaskOwner
+from .tls import context_for, server_ssl_context
 
 log = logging.getLogger("dagserve.server")
 
@@ -68,14 +69,17 @@ class Frontends:
         management = build_management_app(rt, middlewares=[common, *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
             (cfg.inference_address, web.ServerRunner(inference, handle_signals=False)),
-            (cfg.management_address, _app_runner(management)),
-            (cfg.metrics_address, _app_runner(build_metrics_app(rt.metrics,
-                                                                middlewares=[common])))]
+            (cfg.management_address, _app_runner(management))]
+        if cfg.enable_metrics_api:  # TorchServe's key: false leaves the port closed
+            runners.append((cfg.metrics_address,
+                            _app_runner(build_metrics_app(rt.metrics, middlewares=[common]))))
+        ssl_context = server_ssl_context(cfg)  # https:// addresses: TLS, never plain HTTP
         for address, runner in runners:
             host, port = split_address(address)
             await runner.setup()
             self.runners.append(runner)
-            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True,
+                              ssl_context=context_for(address, ssl_context)).start()
         self._stop_grpc = await start_grpc(cfg, registry=rt.registry,
                                            run_workflow=rt.workflows.run,
                                            management_owner=rt, keys=rt.keys)

@@ -26,7 +26,7 @@ from ..errors import InternalServerError, MethodNotAllowedError, ResourceNotFoun
 from ..registry import Registry
 from ..messages import Request, Response
 from .http_input import read_params
-from .openapi import inference_openapi
+from .openapi import inference_openapi, model_openapi
 from ..workers.stream import ResultStream
 from .responses import handler_response, json_response
 from ..handler.context import SEQUENCE_ID_HEADER
@@ -68,11 +68,12 @@ class InferenceRoutes:
         return json_response(200, HEALTHY) if healthy else json_response(500, UNHEALTHY)
 
     async def predict(self, request: web.BaseRequest, model: str, version: str | None,
-                      explain: bool = False) -> web.Response:
+                      explain: bool = False, url_path: str = "") -> web.Response:
         mv = self.registry.get(model, version)
         mv.pool.check_can_serve()
         start = time.perf_counter()
         headers = dict(request.headers)
+        headers["url_path"] = url_path  # path segments after the version, as TorchServe
         if explain:
             headers["explain"] = "True"
         req = Request(request["request_id"], await read_params(request), headers)
@@ -114,6 +115,11 @@ class InferenceRoutes:
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
 
+    async def model_options(self, request: web.BaseRequest, model: str,
+                            version: str | None) -> web.Response:
+        mv = self.registry.get(model, version)
+        return json_response(200, model_openapi(mv.name, mv.version))
+
 
 async def _not_found(request: web.BaseRequest) -> web.StreamResponse:
     raise ResourceNotFoundError()
@@ -134,16 +140,19 @@ class InferenceRouter:
         routes = self.routes
         parts = path.split("/")
         n = len(parts)
-        if 3 <= n <= 4:
+        if n >= 3 and parts[1] == "predictions" or 3 <= n <= 4:
             kind = parts[1]
             if kind == "predictions" or kind == "explanations":
                 if not (parts[2] and parts[-1]):
                     return _not_found
+                version = parts[3] if n >= 4 else None
+                if method == "OPTIONS" and n <= 4:
+                    return partial(routes.model_options, model=parts[2], version=version)
                 if method not in INFERENCE_METHODS:
                     return _not_allowed
-                return partial(routes.predict, model=parts[2],
-                               version=parts[3] if n == 4 else None,
-                               explain=kind == "explanations")
+                return partial(routes.predict, model=parts[2], version=version,
+                               explain=kind == "explanations",
+                               url_path="/".join(parts[4:]))
             if kind == "wfpredict" and parts[2] and parts[-1]:
                 if method not in INFERENCE_METHODS:
                     return _not_allowed
@@ -153,6 +162,8 @@ class InferenceRouter:
             return routes.ping if method in PING_METHODS else _not_allowed
         elif path == "/":
             return routes.options if method == "OPTIONS" else _not_allowed
+        elif path == "/api-description":
+            return routes.options if method == "GET" else _not_allowed
         if n >= 2 and parts[1] == "v2" and routes.v2 is not None:
             return routes.v2.resolve(method, parts) or _not_found
         return _not_found

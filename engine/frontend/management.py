@@ -41,6 +41,7 @@ from .params import (
     request_params,
     status_message,
 )
+from .customized import customized_metadata
 from .workflow_routes import add_workflow_routes
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class ManagementRoutes:
     # -- describe / list ---------------------------------------------------------------
 
     def _describe_one(self, mv: ModelVersion) -> dict[str, Any]:
-        gpu = bool(getattr(self.models.devices, "gpu_count", 0))
+        gpu = bool(getattr(mv.pool.devices, "gpu_count", 0))
         workers = [{"id": w.id, "startTime": iso_time(w.start_time),
                     "status": "READY" if w.alive and w.status == "READY" else w.status,
                     "memoryUsage": memory_usage(w.pid), "pid": w.pid if w.pid else -1,
@@ -204,7 +205,11 @@ class ManagementRoutes:
             found = self.registry.versions(name)
         else:
             found = [self.registry.get(name, version)]
-        return json_ok([self._describe_one(mv) for mv in found])
+        described = [self._describe_one(mv) for mv in found]
+        if bool_param(request.query, "customized", False):
+            for entry, mv in zip(described, found):
+                entry["customizedMetadata"] = await customized_metadata(mv)
+        return json_ok(described)
 
     async def list(self, request: web.Request) -> web.Response:
         listed = []
@@ -305,6 +310,7 @@ def build_management_app(runtime: Runtime, middlewares: list) -> web.Application
     app = web.Application(middlewares=middlewares, client_max_size=runtime.cfg.max_request_size)
     r = app.router
     r.add_route("OPTIONS", "/", routes.options)
+    r.add_get("/api-description", routes.options)
     r.add_get("/models", routes.list)
     r.add_post("/models", routes.register)
     r.add_get("/models/{model_name}", routes.describe)

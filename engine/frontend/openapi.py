@@ -43,3 +43,17 @@ def inference_openapi() -> bytes:
                     "description": "TorchServe-compatible inference API"},
            "paths": paths}
     return json.dumps(doc, indent=2).encode()
+
+
+def model_openapi(model_name: str, version: str) -> bytes:
+    """``OPTIONS /predictions/{m}``: the prediction and explanation operations of one model
+    (TorchServe's per-model API description)."""
+    doc = {"openapi": "3.0.1",
+           "info": {"title": f"RESTful API for: {model_name}", "version": version},
+           "paths": {f"/predictions/{model_name}": {
+                         "post": _op(f"Predictions entry point for {model_name}", [], True)},
+                     f"/predictions/{model_name}/{version}": {
+                         "post": _op(f"Predictions with version {version}", [], True)},
+                     f"/explanations/{model_name}": {
+                         "post": _op(f"Explanations for {model_name}", [], True)}}}
+    return json.dumps(doc, indent=2).encode()

@@ -37,6 +37,9 @@ ALIASES: dict[str, str] = {
     "ts.metrics.metric_type_enum": f"{_BASE}.metrics",
     "ts.metrics.metric_cache_errors": f"{_BASE}.metrics",
     "ts.handler_utils.timer": f"{_BASE}.metrics",
+    "ts.handler_utils.micro_batching": f"{_BASE}.micro_batching",
+    "ts.protocol.otf_message_handler": f"{_BASE}.otf_message_handler",
+    "ts.torch_handler.unit_tests.test_utils.mock_context": f"{_BASE}.mock_context",
     # the request envelopes and streaming helpers (protocols)
     "ts.torch_handler.request_envelope": f"{_BASE}.request_envelope",
     "ts.torch_handler.request_envelope.base": f"{_BASE}.request_envelope.base",
@@ -46,7 +49,9 @@ ALIASES: dict[str, str] = {
     "ts.torch_handler.request_envelope.kservev2": f"{_BASE}.request_envelope.kservev2",
     "ts.handler_utils.utils": f"{_BASE}.streaming",
 }
-PACKAGES = frozenset({"ts", "ts.torch_handler", "ts.utils", "ts.metrics", "ts.handler_utils"})
+PACKAGES = frozenset({"ts", "ts.torch_handler", "ts.utils", "ts.metrics", "ts.handler_utils",
+                      "ts.protocol", "ts.torch_handler.unit_tests",
+                      "ts.torch_handler.unit_tests.test_utils"})
 
 
 class _AliasLoader(importlib.abc.Loader):

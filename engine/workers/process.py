@@ -57,6 +57,8 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
+    limit_max_image_pixels: bool = True
+    max_retry_timeout_s: float = 300.0  # maxRetryTimeoutInSec: how long restarts are tried
     uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
     envelope: str | None = None  # service_envelope
 
@@ -65,7 +67,8 @@ class WorkerSpec:
             socket=str(socket), model_dir=str(self.model_dir), model_name=self.model_name,
             handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
             decode_input=self.decode_input, server_version=self.server_version,
-            config_file=self.config_file, envelope=self.envelope)
+            config_file=self.config_file, limit_max_image_pixels=self.limit_max_image_pixels,
+            envelope=self.envelope)
 
 
 @dataclass(slots=True)

@@ -63,7 +63,8 @@ class ManagementService(services.ManagementAPIsServiceServicer):
 
     async def DescribeModel(self, request, context):
         match = _version({"model_name": request.model_name}, request.model_version)
-        return await self._answer(context, self.routes.describe, _Call({}, match))
+        params = {"customized": "true"} if request.customized else {}
+        return await self._answer(context, self.routes.describe, _Call(params, match))
 
     async def ListModels(self, request, context):
         return await self._answer(context, self.routes.list, _Call(
