@@ -10,7 +10,7 @@ EXAMPLES_STAMP := $(VENV)/.examples-installed
 ALIASES_STAMP := $(VENV)/.aliases-installed
 PORT_ARGS ?=
 
-.PHONY: setup setup-examples test serve examples bench clean
+.PHONY: setup setup-examples test faults fuzz serve examples bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ test: setup-examples
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl) \
 		|| echo "openssl missing: the TLS tests are skipped"
 	$(PY) -m pytest -q
+
+# The fault suite alone (also part of `make test`), writing the figures of docs/reliability.md.
+FAULT_REPORT ?= logs/fault-report.jsonl
+faults: setup
+	mkdir -p $(dir $(FAULT_REPORT)) && rm -f $(FAULT_REPORT)
+	DAGSERVE_FAULT_REPORT=$(FAULT_REPORT) $(PY) -m pytest -q tests/faults tests/fuzz
+	$(PY) tests/faults/report.py $(FAULT_REPORT)
+
+# Schema-driven fuzzing of the REST APIs, longer than the suite's run (zero 5xx allowed).
+FUZZ_EXAMPLES ?= 150
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/fuzz
 
 examples: setup-examples
 	$(PY) examples/build.py --model-store model_store --workflow-store wf_store

@@ -37,6 +37,12 @@ class Config:
     default_startup_timeout: int = 120  # seconds
     max_request_size: int = 6553500
     max_response_size: int = 6553500
+    # archives a registration may unpack (dagserve's keys; TorchServe has none)
+    max_archive_size: int = 1 << 30  # bytes of content
+    max_archive_entries: int = 10_000
+    max_archive_ratio: int = 100  # content bytes per archive byte (zip bombs)
+    request_header_timeout: int = 30  # seconds for a request's headers to arrive (slowloris)
+    request_body_timeout: int = 60  # seconds for its body to arrive after them
     allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
     enable_model_api: bool = False
     disable_token_authorization: bool = False
@@ -102,7 +108,9 @@ _BOOL_KEYS = {"enable_model_api", "disable_token_authorization", "decode_input_r
 _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_timeout",
              "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
              "max_batch_delay", "number_of_gpu", "unregister_model_timeout",
-             "metric_time_interval", "grpc_inference_port", "grpc_management_port",
+             "metric_time_interval", "max_archive_size", "max_archive_entries",
+             "max_archive_ratio", "request_header_timeout", "request_body_timeout",
+             "grpc_inference_port", "grpc_management_port",
              "grpc_inference_max_connection_age_ms", "grpc_management_max_connection_age_ms",
              "grpc_inference_max_connection_age_grace_ms",
              "grpc_management_max_connection_age_grace_ms"}

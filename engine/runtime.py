@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import workdir
 from .auth import KeyStore
 from .config import Config, startup_entries
 from .errors import DagserveError
@@ -25,6 +25,7 @@ from .intake import ArchiveIntake
 from .logs import Logs, setup_logging
 from .metrics import MetricsCollector
 from .models import ModelManager, ModelOptions
+from .readiness import Readiness
 from .registry import Registry
 from .snapshot import SnapshotManager
 from .system_metrics import SystemMetrics
@@ -55,6 +56,7 @@ class Runtime:
     workflows: WorkflowManager
     keys: KeyStore | None  # None when token authorization is off
     system_metrics: SystemMetrics  # CPUUtilization ... in /metrics (TorchServe's names)
+    readiness: Readiness  # Readiness.report(): /ping?ready=true, the v2 health/ready
 
     @classmethod
     def build(cls, cfg: Config, tasks: TaskOwner) -> "Runtime":
@@ -62,8 +64,7 @@ class Runtime:
         logs = setup_logging(cfg)
         for warning in cfg.startup_warnings:  # config keys read but not supported
             log.warning(warning)
-        work_dir = Path(tempfile.mkdtemp(prefix="dagserve-"))
-        os.chmod(work_dir, 0o700)
+        work_dir = workdir.create()  # and remove those of killed servers
         try:
             registry = Registry()
             metrics = MetricsCollector(registry, log=logs.metrics)
@@ -73,7 +74,9 @@ class Runtime:
             launcher = ForkServerLauncher(tasks, logs.model.file, env=env) \
                 if cfg.worker_fork_server else SubprocessLauncher(env)
             models = ModelManager(
-                cfg, registry, intake=ArchiveIntake(cfg.allowed_urls, work_dir),
+                cfg, registry, intake=ArchiveIntake(
+                    cfg.allowed_urls, work_dir, max_total_bytes=cfg.max_archive_size,
+                    max_files=cfg.max_archive_entries, max_ratio=cfg.max_archive_ratio),
                 work_dir=work_dir, devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
                 model_log=logs.model.file, tasks=tasks, launcher=launcher,
                 on_change=snapshots.changed if snapshots is not None else _nothing,
@@ -95,7 +98,7 @@ class Runtime:
             tasks.spawn(system_metrics.run, name="system metrics")
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,
                    metrics=metrics, snapshots=snapshots, models=models, workflows=workflows,
-                   keys=keys, system_metrics=system_metrics)
+                   keys=keys, system_metrics=system_metrics, readiness=Readiness(registry))
 
     def persist(self) -> None:
         """Write the snapshot of a change just made, before the API answers (SIGKILL-safe)."""
@@ -121,6 +124,7 @@ class Runtime:
             await self.workflows.load_at_start()
         if self.snapshots is not None:
             self.snapshots.write("startup")
+        self.readiness.startup_done = True
 
     async def stop(self) -> None:
         """Background tasks, then workers, then the last snapshot, then logs and files."""

@@ -23,6 +23,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from ..errors import InternalServerError, MethodNotAllowedError, ResourceNotFoundError
+from ..readiness import Readiness
 from ..registry import Registry
 from ..messages import Request, Response
 from .http_input import read_params
@@ -36,7 +37,6 @@ from .v2.core import OpenInference
 from .v2.rest import V2Routes
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
-UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
 
 WorkflowRunner = Callable[[str, Request, str | None], Awaitable[Response]]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -47,8 +47,10 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 class InferenceRoutes:
     def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
-                 max_response_size: int | None = None, open_inference: bool = False):
+                 max_response_size: int | None = None, readiness: Readiness | None = None,
+                 open_inference: bool = False):
         self.registry = registry
+        self.readiness = readiness or Readiness(registry)
         self.run_workflow = run_workflow
         self.max_response_size = max_response_size
         self.sequences = gates_for(registry)  # stateful models (sequenceBatching)
@@ -63,9 +65,13 @@ class InferenceRoutes:
         return handler_response(resp)
 
     async def ping(self, request: web.BaseRequest) -> web.Response:
-        healthy = all(mv.pool.ready_count >= mv.min_workers
-                      for mv in self.registry.all_versions())
-        return json_response(200, HEALTHY) if healthy else json_response(500, UNHEALTHY)
+        """Liveness: Healthy while the server serves. ``?ready=true``: readiness (see
+        readiness.py), 503 while models are still loading."""
+        if request.query_string and request.query.get("ready", "").lower() in ("true", "1"):
+            report = self.readiness.report()
+            return json_response(200 if report.ready else 503,
+                                 json.dumps(report.body(), indent=2).encode())
+        return json_response(200, HEALTHY)
 
     async def predict(self, request: web.BaseRequest, model: str, version: str | None,
                       explain: bool = False, url_path: str = "") -> web.Response:
@@ -207,11 +213,12 @@ class InferenceServer(web.Server):
 def build_inference_server(registry: Registry, *, middlewares: list, max_request_size: int,
                            run_workflow: WorkflowRunner | None = None,
                            max_response_size: int | None = None,
+                           readiness: Readiness | None = None,
                            open_inference: bool = False,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
     router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size,
-                                             open_inference))
+                                             readiness, open_inference))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

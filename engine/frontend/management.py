@@ -291,6 +291,14 @@ def management_openapi() -> bytes:
             "delete": op("Unregister a version", ["model_name", "model_version"])},
         "/models/{model_name}/{model_version}/set-default": {
             "put": op("Make a version the default", ["model_name", "model_version"])},
+        "/workflows": {"get": op("List workflows", [], ["limit", "next_page_token"]),
+                       "post": op("Register a workflow", [],
+                                  ["url", "workflow_name", "synchronous"])},
+        "/workflows/{workflow_name}": {
+            "get": op("Describe a workflow", ["workflow_name"]),
+            "put": op("Scale the workers of its nodes", ["workflow_name"],
+                      ["min_worker", "max_worker"]),
+            "delete": op("Unregister a workflow", ["workflow_name"])},
     }
     doc = {"openapi": "3.0.1",
            "info": {"title": "dagserve management API", "version": SERVER_VERSION,

@@ -21,11 +21,18 @@ def _op(summary: str, params: list[str], body: bool = False) -> dict:
     return op
 
 
+def _ping() -> dict:
+    op = _op("Liveness; with ready=true, readiness (503 while models load)", [])
+    op["parameters"] = [{"name": "ready", "in": "query", "required": False,
+                         "schema": {"type": "string"}}]
+    return op
+
+
 @functools.cache
 def inference_openapi() -> bytes:
     paths = {
         "/": {"options": _op("Get the API description", [])},
-        "/ping": {"get": _op("Health of the server and its models", [])},
+        "/ping": {"get": _ping()},
         "/predictions/{model_name}": {m: _op("Predictions with the default version",
                                              ["model_name"], True) for m in ("post", "put")},
         "/predictions/{model_name}/{model_version}": {

@@ -11,12 +11,14 @@ from collections import deque
 from ..handler.streaming import StreamCancelled
 from ..messages import Response
 from . import protocol
+from .interrupt import BatchGuard
 
 
 class IntermediateChannel:
-    def __init__(self, sock: socket.socket, reader: protocol.FrameReader):
+    def __init__(self, sock: socket.socket, reader: protocol.FrameReader, guard: BatchGuard):
         self._sock = sock
         self._reader = reader
+        self._guard = guard  # an interruption waits until a frame is sent (or read) whole
         self.held: deque[tuple[dict, bytes]] = deque()
         self.cancelled: set[str] = set()
 
@@ -28,11 +30,12 @@ class IntermediateChannel:
 
     def send(self, responses: list[Response]) -> None:
         """Send the chunks whose clients are still there; raise StreamCancelled when none is."""
-        self._poll()
-        live = [r for r in responses if r.id not in self.cancelled]
-        if not live:
-            raise StreamCancelled("the client went away; the stream stops")
-        self._sock.sendall(protocol.encode_partial(live))
+        with self._guard.hold():
+            self._poll()
+            live = [r for r in responses if r.id not in self.cancelled]
+            if not live:
+                raise StreamCancelled("the client went away; the stream stops")
+            self._sock.sendall(protocol.encode_partial(live))
 
     def _poll(self) -> None:
         """Read every frame that has arrived, without waiting for more."""

@@ -216,6 +216,12 @@ class WorkerPool:
         return self._failing_since is not None and \
             time.monotonic() - self._failing_since >= self.spec.max_retry_timeout_s
 
+    def abandon(self, future: asyncio.Future) -> None:
+        """A caller gave up on the job of ``future`` (a node timeout): interrupt the batch
+        running it if nobody else waits for that batch."""
+        for worker in self.workers:
+            worker.abandon(future)
+
     def no_worker_error(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
             f"Model \"{self.spec.model_name}\" has no worker to serve inference request. "

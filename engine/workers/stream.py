@@ -15,13 +15,14 @@ _END = object()
 
 
 class ResultStream:
-    __slots__ = ("request_id", "_worker", "_queue", "_ended")
+    __slots__ = ("request_id", "_worker", "_queue", "_ended", "wanted")
 
     def __init__(self, request_id: str, worker: Any):
         self.request_id = request_id
         self._worker = worker  # the WorkerProcess running the request (to cancel it)
         self._queue: asyncio.Queue = asyncio.Queue()
         self._ended = False
+        self.wanted = True  # False once its client went away
 
     # -- fed by the worker process --------------------------------------------------
 
@@ -63,6 +64,7 @@ class ResultStream:
         """The client went away: the handler stops at its next intermediate send."""
         if not self._ended:
             self._ended = True
+            self.wanted = False
             self._worker.cancel_requests([self.request_id])
 
     async def collect(self) -> Response:

@@ -32,7 +32,6 @@ from .messages import load
 from .status import abort, grpc_code
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2)
-UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2)
 
 pb, services = load("inference.proto")
 
@@ -69,9 +68,8 @@ class InferenceService(services.InferenceAPIsServiceServicer):
         return await submit_to_model(mv, req)
 
     async def Ping(self, request, context):
-        healthy = all(mv.pool.ready_count >= mv.min_workers
-                      for mv in self.registry.all_versions())
-        return pb.TorchServeHealthResponse(health=HEALTHY if healthy else UNHEALTHY)
+        """Liveness, as ``GET /ping``: Healthy while the server serves."""
+        return pb.TorchServeHealthResponse(health=HEALTHY)
 
     async def Predictions(self, request, context):
         try:
