@@ -248,6 +248,8 @@ class WorkerProcess:
         for job in self._inflight:
             if not job.future.done():
                 job.future.set_exception(error)
+            elif job.stream is not None:
+                job.stream.fail(error)
         if self.on_gone is not None:
             self.on_gone(self)
         self.kill()
