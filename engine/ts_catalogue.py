@@ -113,7 +113,9 @@ CONFIG_KEYS = _entries([
 
 # Keys dagserve reads beyond TorchServe's (never warned about).
 DAGSERVE_KEYS = frozenset({"load_workflows", "batch_size", "max_batch_delay", "tsConfigFile",
-                           "workflow_snapshot", "plugins_path", "worker_fork_server"})
+                           "workflow_snapshot", "plugins_path", "worker_fork_server",
+                           "max_archive_size", "max_archive_entries", "max_archive_ratio",
+                           "request_header_timeout", "request_body_timeout"})
 
 # Environment variables TorchServe's start-up reads.
 ENV_VARS = _entries([
