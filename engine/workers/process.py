@@ -47,7 +47,7 @@ from .endpoint import after_listening, peer_is_own_user, remove, worker_address
 from .interrupt import INTERRUPT_SIGNAL
 from .launch import ForkServerLauncher, SubprocessLauncher, WorkerHandle
 from .spec import Job, WorkerSpec, WorkerStartError  # noqa: F401 - also imported from here
-from .stream import ResultStream
+from .streaming_jobs import StreamingJobs, wanted
 
 log = logging.getLogger("dagserve.workers")
 
@@ -61,7 +61,7 @@ EXIT_DRAIN_S = 1.0  # after the process exits, wait this long for its last frame
 Launcher = ForkServerLauncher | SubprocessLauncher
 
 
-class WorkerProcess:
+class WorkerProcess(StreamingJobs):
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
                  log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_idle: Callable[["WorkerProcess"], None],
@@ -263,13 +263,6 @@ class WorkerProcess:
         if jobs and any(job.future is future for job in jobs):
             self._interrupt_if_unwanted()
 
-    def _interrupt_if_unwanted(self) -> None:
-        """Interrupt the running batch when none of its requests is waited for (a streamed
-        request is waited for until its client goes away)."""
-        if self._grace is None and not self._dead and not self._timed_out and \
-                self._inflight and not any(_wanted(job) for job in self._inflight):
-            self._interrupt()
-
     def _interrupt(self) -> None:
         if self._proc is None or self._proc.returncode is not None:
             return
@@ -322,7 +315,7 @@ class WorkerProcess:
             self._inflight = self._held.popleft()
             self.held_jobs -= len(self._inflight)
             self._start_batch(now)
-            if not any(_wanted(job) for job in self._inflight) and not self._timed_out:
+            if not any(wanted(job) for job in self._inflight) and not self._timed_out:
                 self._interrupt()  # nobody waits for it any more
         else:
             self._inflight = []
@@ -378,40 +371,6 @@ class WorkerProcess:
                               self.spec.model_name)
         self._next()
 
-    def _on_partial(self, meta: dict, body: bytes) -> None:
-        """Intermediate results of the running batch: the first one of a job resolves its
-        future to a ResultStream; the response timeout starts again (the handler is alive)."""
-        if not self._inflight:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._start_batch(self._started)
-        jobs = {job.request.id: job for job in self._inflight}
-        gone = []
-        for resp in protocol.decode_result(meta, body):
-            job = jobs.get(resp.id)
-            if job is None:
-                continue
-            if job.stream is None:
-                if job.future.done():  # cancelled while it ran (a workflow node timeout)
-                    gone.append(resp.id)
-                    continue
-                job.stream = ResultStream(resp.id, self)
-                job.future.set_result(job.stream)
-            job.stream.push(resp)
-        if gone:
-            self.cancel_requests(gone)
-
-    def cancel_requests(self, request_ids: list[str]) -> None:
-        """These requests' clients are gone: the worker stops streaming to them (at its
-        next send), and the batch is interrupted at once when nobody else waits for it."""
-        if self._conn is not None and not self._dead:
-            try:
-                self._conn.send(protocol.encode_cancel(request_ids))
-            except ConnectionError:
-                return
-            self._interrupt_if_unwanted()
-
     def _on_conn_lost(self, exc: Exception | None) -> None:
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
@@ -455,9 +414,3 @@ class WorkerProcess:
         self.kill()
         self._on_exit(self, reason)
 
-
-def _wanted(job: Job) -> bool:
-    """Someone still waits for this job's result (or for the rest of its stream)."""
-    if job.stream is not None:
-        return job.stream.wanted
-    return not job.future.done()
