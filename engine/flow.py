@@ -321,7 +321,8 @@ class _FlowRun:
 
         async def one(index: int, item: Any) -> None:
             async with room:
-                resp = await call_node(node, target, self.request, [item_param(item)], index)
+                resp = await call_node(node, target, self.request, [item_param(item)],
+                                       item=index)
             results[index] = _as_json_or_text(resp.value)
 
         if items:

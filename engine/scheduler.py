@@ -136,10 +136,12 @@ def _cancelled_from_outside() -> bool:
 
 
 async def call_node(plan: NodePlan, target, request: Request, params: list[Param],
-                    item: int | None = None) -> Response:
-    """One node (``item``: which of a foreach node's items), with its timeout per attempt
-    and retries with backoff. When the request is traced (``tracing.current``), each attempt
-    is recorded as a ``tracing.Attempt``."""
+                    may_stream: bool = False, item: int | None = None) -> Response:
+    """One node, with its timeout per attempt and retries with backoff. A node whose handler
+    streams is collected into one response, unless ``may_stream`` (it is the response
+    node): then its stream is returned as it is produced. ``item``: which of a foreach
+    node's items this is. When the request is traced (``tracing.current``), each attempt is
+    recorded as a ``tracing.Attempt``."""
     loop = asyncio.get_running_loop()
     trace = tracing.current.get()
     last = "no attempt made"
@@ -158,6 +160,14 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
             future = target.queue.submit(Request(request.id, params, request.headers), probe)
             timer = loop.call_later(plan.timeout_s, _expire, future, expired, target.pool)
             resp: Response = await future
+            if resp.__class__ is not Response:  # a stream: its first chunk is out
+                if may_stream:
+                    target.stats.count(200, loop.time() - started)
+                    if probe is not None:
+                        probe.finish("ok", 200, "streams its results")
+                    return resp
+                timer.cancel()
+                resp = await resp.collect()
         except asyncio.CancelledError:
             if not expired or _cancelled_from_outside():
                 if future is not None and future.cancelled():  # a deadline, a failed sibling
@@ -197,8 +207,11 @@ async def run_chain(chain: tuple[NodePlan, ...], targets: dict, request: Request
     """A linear DAG in the calling task: each node gets the previous output as ``body``."""
     params = request.params
     resp = None
+    last = chain[-1]
     for node in chain:
-        resp = await call_node(node, targets[node.name], request, params)
+        resp = await call_node(node, targets[node.name], request, params, node is last)
+        if node is last:
+            break
         params = [Param("body", None, resp.value)]
     assert resp is not None
     return resp
@@ -217,7 +230,8 @@ async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
         while True:
             node = plan.nodes[name]
             outputs[name] = await call_node(node, targets[name], request,
-                                            node_inputs(node, request, outputs))
+                                            node_inputs(node, request, outputs),
+                                            not node.children and len(plan.leaves) == 1)
             ready = []
             for child in node.children:
                 waiting[child] -= 1

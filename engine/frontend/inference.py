@@ -30,7 +30,13 @@ from ..messages import Request, Response
 from ..tracing import Tracer
 from .http_input import read_params
 from .openapi import inference_openapi, model_openapi
+from ..workers.stream import ResultStream
 from .responses import handler_response, json_response
+from ..handler.context import SEQUENCE_ID_HEADER
+from .sequences import gates_for, sequence_headers
+from .streaming import stream_response
+from .v2.core import OpenInference
+from .v2.rest import V2Routes
 from .traced import (drop_query_flag, failed_answer, failed_reply, traced_predict,
                      traced_workflow)
 
@@ -46,11 +52,14 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 class InferenceRoutes:
     def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
                  max_response_size: int | None = None, readiness: Readiness | None = None,
-                 tracer: Tracer | None = None):
+                 open_inference: bool = False, tracer: Tracer | None = None):
         self.registry = registry
         self.readiness = readiness or Readiness(registry)
         self.run_workflow = run_workflow
         self.max_response_size = max_response_size
+        self.sequences = gates_for(registry)  # stateful models (sequenceBatching)
+        # the Open Inference Protocol's /v2 routes (ts_open_inference_protocol)
+        self.v2 = V2Routes(OpenInference(registry, run_workflow)) if open_inference else None
         self.tracer = tracer if tracer is not None else Tracer()
 
     def _reply(self, resp: Response) -> web.Response:
@@ -59,6 +68,12 @@ class InferenceRoutes:
             raise InternalServerError(f"Response size {len(resp.value)} bytes exceeds "
                                       f"max_response_size ({limit} bytes)")
         return handler_response(resp)
+
+    async def _answer(self, resp) -> web.StreamResponse:
+        """A handler's response, or its stream passed through as it is produced."""
+        if resp.__class__ is ResultStream:
+            return await stream_response(resp)
+        return self._reply(resp)
 
     async def ping(self, request: web.BaseRequest) -> web.Response:
         """Liveness: Healthy while the server serves. ``?ready=true``: readiness (see
@@ -83,17 +98,28 @@ class InferenceRoutes:
             req = Request(request["request_id"], await read_params(request), headers)
         except DagserveError as exc:  # no worker, a malformed body: failed, so traced
             return failed_reply(tracer, "model", mv.name, request["request_id"], start, exc)
-        if tracer.wanted(request.headers, request.query_string):
+        gate = self.sequences.for_model(mv)
+        if gate is None and tracer.wanted(request.headers, request.query_string):
             drop_query_flag(req, request.query_string)
-            return await traced_predict(tracer, mv, req, self._reply,
+            return await traced_predict(tracer, mv, req, self._answer,
                                         tracer.keeps(request.headers, request.query_string))
         status = 500
         try:
-            resp = await mv.queue.submit(req)
-            status = resp.code
-            if status >= 400:  # the handler answered an error: failed, so traced
-                return failed_answer(tracer, mv.name, req.id, start, resp, self._reply)
-            return self._reply(resp)
+            if gate is None:
+                resp = await mv.queue.submit(req)
+            else:  # a stateful model: the request's turn in its sequence
+                sequence = sequence_headers(headers, request.headers.get(SEQUENCE_ID_HEADER))
+                resp = await gate.run(sequence, partial(mv.queue.submit, req))
+            if resp.__class__ is ResultStream:  # the handler streams its results
+                status = 200
+                out = await stream_response(resp)
+            else:
+                status = resp.code
+                out = self._reply(resp) if status < 400 else \
+                    failed_answer(tracer, mv.name, req.id, start, resp, self._reply)
+            if gate is not None:
+                out.headers[SEQUENCE_ID_HEADER] = sequence
+            return out
         except DagserveError as exc:
             status = exc.status
             return failed_reply(tracer, "model", mv.name, req.id, start, exc)
@@ -121,11 +147,12 @@ class InferenceRoutes:
             return await traced_workflow(
                 tracer, workflow, req,
                 lambda r, trace: self.run_workflow(workflow, r, entry.version, trace),
-                self._reply, tracer.keeps(request.headers, request.query_string))
+                self._answer, tracer.keeps(request.headers, request.query_string))
         try:
-            return self._reply(await self.run_workflow(workflow, req, entry.version))
+            resp = await self.run_workflow(workflow, req, entry.version)
         except DagserveError as exc:
             return failed_reply(tracer, "workflow", workflow, req.id, start, exc)
+        return await self._answer(resp)
 
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
@@ -179,6 +206,8 @@ class InferenceRouter:
             return routes.options if method == "OPTIONS" else _not_allowed
         elif path == "/api-description":
             return routes.options if method == "GET" else _not_allowed
+        if n >= 2 and parts[1] == "v2" and routes.v2 is not None:
+            return routes.v2.resolve(method, parts) or _not_found
         return _not_found
 
 
@@ -221,11 +250,12 @@ def build_inference_server(registry: Registry, *, middlewares: list, max_request
                            run_workflow: WorkflowRunner | None = None,
                            max_response_size: int | None = None,
                            readiness: Readiness | None = None,
+                           open_inference: bool = False,
                            tracer: Tracer | None = None,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
     router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size,
-                                             readiness, tracer))
+                                             readiness, open_inference, tracer))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

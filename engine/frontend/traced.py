@@ -8,7 +8,7 @@ port.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -18,6 +18,7 @@ from ..tracing import TRACE_ID_HEADER, Tracer
 from .responses import error_response
 
 Reply = Callable[[Response], web.Response]
+Answer = Callable[[Any], Awaitable[web.StreamResponse]]  # a Response, or a ResultStream
 
 
 def drop_query_flag(req: Request, query_string: str) -> None:
@@ -54,20 +55,25 @@ def failed_answer(tracer: Tracer, model: str, request_id: str, started: float,
     return answer
 
 
-async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply,
-                         keep: bool = True) -> web.Response:
+async def traced_predict(tracer: Tracer, mv, req: Request, answer_with: Answer,
+                         keep: bool = True) -> web.StreamResponse:
     """``/predictions`` of one model version as a trace with one node (the model);
-    ``keep``: put it in the ring even if it succeeds."""
+    ``keep``: put it in the ring even if it succeeds. A streamed answer counts as ok when
+    its first chunk is out."""
     trace = tracer.begin("model", mv.name, req, keep=keep)
     probe = trace.attempt(mv.name, mv, 1, req.params)
     status, error = 500, ""
     try:
         resp = await mv.queue.submit(req, probe)
-        status = resp.code
-        outcome = "ok" if status < 400 else ("timeout" if status == 504 else "error")
-        error = "" if status < 400 else (resp.message or f"status {status}")
-        probe.finish(outcome, status, error, len(resp.value))
-        answer = reply(resp)
+        if resp.__class__ is Response:
+            status = resp.code
+            outcome = "ok" if status < 400 else ("timeout" if status == 504 else "error")
+            error = "" if status < 400 else (resp.message or f"status {status}")
+            probe.finish(outcome, status, error, len(resp.value))
+        else:
+            status = 200
+            probe.finish("ok", 200, "streams its results")
+        answer = await answer_with(resp)
     except DagserveError as exc:
         status, error = exc.status, exc.message
         if probe.ended is None:
@@ -85,15 +91,15 @@ async def traced_predict(tracer: Tracer, mv, req: Request, reply: Reply,
 
 async def traced_workflow(tracer: Tracer, name: str, req: Request,
                           run: Callable[..., Awaitable[Response]],
-                          reply: Reply, keep: bool = True) -> web.Response:
+                          answer_with: Answer, keep: bool = True) -> web.StreamResponse:
     """``/wfpredict``: ``run(request, trace)`` runs the workflow, and the scheduler records
     each node attempt in the trace."""
     trace = tracer.begin("workflow", name, req, keep=keep)
     status, error, node = 500, "request cancelled", None
     try:
         resp = await run(req, trace)
-        status, error = resp.code, ""
-        answer = reply(resp)
+        status, error = getattr(resp, "code", 200), ""  # a stream: ok once it started
+        answer = await answer_with(resp)
     except DagserveError as exc:
         status, error, node = exc.status, exc.message, getattr(exc, "node", None)
         answer = error_reply(exc, trace.id)
