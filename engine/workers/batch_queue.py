@@ -72,7 +72,7 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         pending = self._pending
-        pending.append(Job(request, future, time.perf_counter(), probe))
+        pending.append(Job(request, future, time.perf_counter(), probe=probe))
         if (self._idle or (self._room and len(pending) >= self.batch_size)) \
                 and not self._pump_scheduled:
             self._pump_scheduled = True
