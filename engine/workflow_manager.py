@@ -62,7 +62,7 @@ class WorkflowManager:
                 resp = await run_plan(entry.plan, entry.targets, request)
             else:
                 resp = await run_flow(entry.flow, entry.targets, request, deadline)
-            status = resp.code
+            status = getattr(resp, "code", 200)  # a stream (its first chunk is out): ok
             return resp
         except DagserveError as exc:
             status = exc.status
