@@ -136,11 +136,11 @@ class WorkerProcess(StreamingJobs):
                 raise WorkerStartError(f"worker exited with code {self._proc.returncode} "
                                        "before it loaded the model")
         except TimeoutError:
-            self._abort_start()
+            await self._abort_start()
             raise WorkerStartError(f"worker did not load the model within "
                                    f"{self.spec.startup_timeout:g} s") from None
-        except BaseException:
-            self._abort_start()
+        except BaseException as exc:
+            await self._abort_start(wait=not isinstance(exc, asyncio.CancelledError))
             raise
         finally:
             self._server.close()  # one connection per worker: no more
@@ -157,10 +157,13 @@ class WorkerProcess(StreamingJobs):
         self._conn = conn
         return True
 
-    def _abort_start(self) -> None:
+    async def _abort_start(self, wait: bool = True) -> None:
+        """Kill a worker that did not start; with ``wait``, return once it is gone (bounded)."""
         self.kill()
         if self._conn is not None:
             self._conn.close()
+        if wait and self._exited is not None:
+            await asyncio.wait({self._exited}, timeout=5)
 
     async def _watch_exit(self) -> None:
         assert self._proc is not None
