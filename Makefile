@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
+RAY_STAMP := $(VENV)/.ray-installed
 PORT_ARGS ?=
 
 .PHONY: setup setup-examples test serve examples bench clean
@@ -27,7 +28,12 @@ $(EXAMPLES_STAMP): $(STAMP)
 
 setup-examples: $(EXAMPLES_STAMP)
 
-test: setup-examples
+# Ray is optional (dagserve[ray]); without it tests/test_ray_cluster.py is skipped.
+$(RAY_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[ray]' || echo "ray extra not installed: the Ray cluster test is skipped"
+	touch $@
+
+test: setup-examples $(RAY_STAMP)
 	$(PY) -m pytest -q
 
 examples: setup-examples

@@ -53,6 +53,7 @@ class Config:
     plugins_path: Path | None = None
     log_config: Path | None = None
     config_file: Path | None = None
+    ray_address: str | None = None  # auto, host:port or ray://host:port: workers on Ray
 
     @property
     def key_file(self) -> Path:
@@ -68,7 +69,8 @@ _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_ti
              "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
              "max_batch_delay", "number_of_gpu"}
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
-             "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers"}
+             "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
+             "ray_address"}
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path"}
 _LIST_KEYS = {"load_models", "load_workflows"}
 

@@ -25,7 +25,8 @@ from .errors import (BadRequestError, ConflictError, InternalServerError,
 from .registry import ModelVersion, Registry
 from .workers.batch_queue import BatchQueue
 from .workers.pool import DeviceAllocator, WorkerPool
-from .workers.process import WorkerSpec, WorkerStartError
+from .workers.process import WorkerProcess, WorkerSpec, WorkerStartError
+from .workers.ray_placement import ray_placement
 
 log = logging.getLogger("dagserve.models")
 
@@ -108,8 +109,10 @@ class ModelManager:
     MAX_ARCHIVE_BYTES = 8 << 30
 
     def __init__(self, cfg: Config, registry: Registry, *, work_dir: Path,
-                 devices: DeviceAllocator, model_log: TextIO | None, on_change=None):
+                 devices: DeviceAllocator, model_log: TextIO | None, on_change=None,
+                 ray=None):
         self.cfg = cfg
+        self.ray = ray  # a RayCluster when ray_address is set: workers are Ray actors
         self.registry = registry
         self.work_dir = work_dir
         self.sock_dir = work_dir / "sockets"
@@ -263,9 +266,12 @@ class ModelManager:
                           server_version=SERVER_VERSION)
         queue = BatchQueue(name, batch_size, self.cfg.job_queue_size)
         mv_holder: list[ModelVersion] = []
+        factory = WorkerProcess if self.ray is None else self.ray.worker_factory(
+            model_dir, ray_placement(acfg, per_model, name))
         pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
                           log_file=self.model_log,
-                          on_metrics=lambda m: self._metrics(mv_holder, m))
+                          on_metrics=lambda m: self._metrics(mv_holder, m),
+                          worker_factory=factory)
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,
                           batch_size=batch_size, max_batch_delay=delay, response_timeout=rt,

@@ -68,6 +68,7 @@ class Server:
         self.workflows = None
         self.metrics = None
         self.snapshots = None
+        self.ray = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -77,8 +78,13 @@ class Server:
         os.chmod(self.work_dir, 0o700)
         self.model_log = self.logs.model.file  # workers write their output straight to it
         devices = DeviceAllocator(visible_gpu_count(cfg.number_of_gpu))
+        if cfg.ray_address:  # Ray is imported only then
+            from .workers.ray_cluster import RayCluster
+
+            self.ray = RayCluster.connect(cfg.ray_address)
         self.models = ModelManager(cfg, self.registry, work_dir=self.work_dir, devices=devices,
-                                   model_log=self.model_log, on_change=self._changed)
+                                   model_log=self.model_log, on_change=self._changed,
+                                   ray=self.ray)
         self.workflows = WorkflowManager(cfg, self.registry, self.models)
         self.metrics = MetricsCollector(self.registry, log=self.logs.metrics)
         self.models.on_metrics = self.metrics.record_handler_metrics
@@ -149,6 +155,8 @@ class Server:
             await runner.cleanup()
         if self.models is not None:
             await self.models.close_all()
+        if self.ray is not None:
+            self.ray.close()
         if self.metrics is not None:
             self.metrics.stop_server_log()
         if self.logs is not None:

@@ -68,6 +68,25 @@ class WorkerStartError(Exception):
     """The worker could not load its handler (or did not say so in time)."""
 
 
+def may_hold_batch(running: bool, held: int, batch_s: float) -> bool:
+    """Whether a worker may be sent one more batch: idle, holding none yet, or so quick
+    (``batch_s``, its moving average batch time) that all it holds starts soon."""
+    if not running or held == 0:
+        return True
+    return held < MAX_HELD and (held + 1) * batch_s <= HOLD_BUDGET_S
+
+
+def resolve_jobs(jobs: list[Job], responses: list[protocol.Response]) -> None:
+    """Answer a batch's jobs with the worker's responses, in order; a job the worker sent
+    no response for fails with 503."""
+    for job, resp in zip(jobs, responses):
+        if not job.future.done():
+            job.future.set_result(resp)
+    for job in jobs[len(responses):]:
+        if not job.future.done():
+            job.future.set_exception(WorkerError("number of batch response mismatched", 503))
+
+
 class WorkerProcess:
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
                  log_file: TextIO | None, on_idle: Callable[["WorkerProcess"], None],
@@ -193,10 +212,7 @@ class WorkerProcess:
 
     def can_take_batch(self) -> bool:
         """Idle, or quick enough to hold one more batch (see the module docstring)."""
-        held = len(self._held)
-        if not self._inflight or held == 0:
-            return True
-        return held < MAX_HELD and (held + 1) * self._batch_s <= HOLD_BUDGET_S
+        return may_hold_batch(bool(self._inflight), len(self._held), self._batch_s)
 
     # -- batches ------------------------------------------------------------------------
 
@@ -256,13 +272,7 @@ class WorkerProcess:
             self._start_batch(now)
         else:
             self._inflight = []
-        responses = protocol.decode_result(meta, body)
-        for job, resp in zip(jobs, responses):
-            if not job.future.done():
-                job.future.set_result(resp)
-        for job in jobs[len(responses):]:
-            if not job.future.done():
-                job.future.set_exception(WorkerError("number of batch response mismatched", 503))
+        resolve_jobs(jobs, protocol.decode_result(meta, body))
         metrics = meta.get("metrics")
         if metrics and self._on_metrics is not None:
             self._on_metrics(metrics)
