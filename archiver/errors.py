@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class ArchiveError(Exception):
+class ArchiveError(ValueError):
     """An archive or its inputs are invalid, unsafe, or could not be written.
 
     The message is one line meant for the user: it says what is wrong and names the

@@ -176,6 +176,15 @@ def read_workflow_manifest(source: ManifestSource) -> WorkflowManifest:
     )
 
 
+def read_manifest_data(directory: str | Path) -> dict[str, Any]:
+    """The manifest of an unpacked archive as its JSON object (MAR-INF, else WAR-INF), or
+    ``{}`` when it has none: what a worker hands its handler as ``context.manifest``."""
+    for inner in (MODEL_MANIFEST_PATH, WORKFLOW_MANIFEST_PATH):
+        if (Path(directory) / inner).is_file():
+            return dict(_load(Path(directory) / inner, inner)[0])
+    return {}
+
+
 def _load(source: ManifestSource, inner_path: str) -> tuple[Mapping[str, Any], str]:
     """Return the manifest object and a label naming where it came from."""
     if isinstance(source, Mapping):

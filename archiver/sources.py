@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagserve.archiver.errors import ArchiveError
+from dagserve.archiver.handler_names import BUILTIN_HANDLERS, parse_handler
 
-BUILTIN_HANDLERS = frozenset(
-    {"base_handler", "image_classifier", "text_classifier", "object_detector", "image_segmenter"}
-)
 SKIPPED_DIR_NAMES = frozenset({"__pycache__", "__MACOSX"})
 
 ExtraFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
@@ -41,11 +39,13 @@ def resolve_model_handler(handler: str) -> HandlerRef:
     """
     if handler in BUILTIN_HANDLERS:
         return HandlerRef(handler, None)
-    module, sep, function = handler.partition(":")
+    module = handler.partition(":")[0]
     if not module:
         raise ArchiveError(f"invalid handler {handler!r}: no file before ':'")
-    if sep and not function.isidentifier():
-        raise ArchiveError(f"invalid handler {handler!r}: {function!r} is not a function name")
+    try:
+        parse_handler(handler)
+    except ValueError as exc:
+        raise ArchiveError(f"invalid handler: {exc}") from None
     path = Path(module if module.endswith(".py") else module + ".py")
     if not path.is_file():
         if "/" not in module and not module.endswith(".py"):

@@ -32,6 +32,7 @@ from typing import Awaitable, Callable, Iterable
 from aiohttp import web
 
 from .errors import BadRequestError, ConfigError, TokenAuthError
+from .files import write_atomically
 
 log = logging.getLogger("dagserve.auth")
 
@@ -231,23 +232,9 @@ def _key_text(value: object) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_atomically(path, data, mode=0o600)
     except OSError as exc:
-        raise ConfigError(f"cannot write key file {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise ConfigError(f"cannot write key file {path}: {exc.strerror}") from None
 
 

@@ -14,14 +14,11 @@ process's start time, so a pid that was reused by another process is never signa
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +26,9 @@ from dagserve import __version__
 
 from .config import Config, load_config, split_address
 from .errors import ConfigError, DagserveError
+from .pidfile import (  # noqa: F401 - the pid file functions are part of the CLI's API
+    AlreadyRunning, PidRecord, is_alive, pid_file_path, proc_stat, process_start_time,
+    read_pid_file, remove_pid_file, running_server, write_pid_file)
 
 STARTED_LINE = "Model server started."
 STDOUT_LOG = "ts_stdout.log"
@@ -118,116 +118,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("--workflow-store (or --model-store) is required to load workflows")
 
 
-# ---- pid file -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PidRecord:
-    pid: int
-    start_time: str | None  # /proc/<pid>/stat field 22; None where there is no /proc
-
-
-def pid_file_path(workdir: Path | None = None) -> Path:
-    workdir = (workdir or Path.cwd()).resolve()
-    digest = hashlib.sha1(str(workdir).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"dagserve-{digest}.pid"
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat from the state on (index 0 = state), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def process_start_time(pid: int) -> str | None:
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-def is_alive(record: PidRecord) -> bool:
-    """The process the record names still runs (not a zombie, not a reused pid)."""
-    if Path("/proc/self/stat").exists():
-        fields = _proc_stat(record.pid)
-        if fields is None or fields[0] in ("Z", "X"):
-            return False
-        return record.start_time is None or fields[19] == record.start_time
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_pid_file(path: Path) -> PidRecord | None:
-    try:
-        parts = path.read_text().split()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError:
-        return None
-    if not parts or not parts[0].isdigit():
-        return None
-    return PidRecord(int(parts[0]), parts[1] if len(parts) > 1 else None)
-
-
-class AlreadyRunning(Exception):
-    def __init__(self, record: PidRecord) -> None:
-        super().__init__(f"pid {record.pid}")
-        self.record = record
-
-
-def write_pid_file(path: Path, pid: int | None = None) -> PidRecord:
-    """Claim the pid file for ``pid`` (default: this process). Raises AlreadyRunning when it
-    names another live process; a stale one is replaced."""
-    pid = os.getpid() if pid is None else pid
-    record = PidRecord(pid, process_start_time(pid))
-    content = f"{record.pid} {record.start_time or ''}".strip() + "\n"
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            existing = read_pid_file(path)
-            if existing is not None and existing.pid != pid and is_alive(existing):
-                raise AlreadyRunning(existing) from None
-            _unlink(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-        return record
-    raise OSError(f"cannot claim pid file {path}")
-
-
-def remove_pid_file(path: Path, pid: int | None = None) -> None:
-    """Remove the pid file if it still names ``pid`` (default: this process)."""
-    pid = os.getpid() if pid is None else pid
-    record = read_pid_file(path)
-    if record is not None and record.pid == pid:
-        _unlink(path)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _running_server(path: Path) -> PidRecord | None:
-    record = read_pid_file(path)
-    if record is None:
-        return None
-    if is_alive(record):
-        return record
-    _unlink(path)
-    return None
-
-
 # ---- actions --------------------------------------------------------------------------------
 
 def _err(message: str) -> None:
@@ -270,7 +160,7 @@ def start_background(cfg: Config, argv: Sequence[str],
     """Run ``command`` (default: ``dagserve <argv> --foreground``) detached, its output
     appended to ``logs/ts_stdout.log``; wait until it prints ``Model server started.``."""
     pid_path = pid_file_path(cfg.workdir)
-    running = _running_server(pid_path)
+    running = running_server(pid_path)
     if running is not None:
         _err(f"Model server is already running (pid {running.pid}), please use "
              f"dagserve --stop to stop it.")
@@ -342,7 +232,7 @@ def _print_tail(data: bytes, lines: int = 20) -> None:
 
 def stop(workdir: Path | None = None, timeout_s: float = STOP_TIMEOUT_S) -> int:
     pid_path = pid_file_path(workdir)
-    record = _running_server(pid_path)
+    record = running_server(pid_path)
     if record is None:
         print("Model server is not currently running.", flush=True)
         return 1
@@ -407,7 +297,7 @@ def _children(pid: int) -> list[int]:
         return found
     for entry in entries:
         if entry.isdigit():
-            fields = _proc_stat(int(entry))
+            fields = proc_stat(int(entry))
             if fields and len(fields) > 1 and fields[1] == str(pid):
                 found.append(int(entry))
     return found

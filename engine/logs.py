@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .errors import ConfigError
+from .tasks import TaskHandle, TaskOwner
 
 if TYPE_CHECKING:
     from .config import Config
@@ -65,7 +66,7 @@ class _LineBuffer:
         self.max_lines = max_lines
         self.interval_s = interval_s
         self._lines: list[str] = []
-        self._task: asyncio.Task[None] | None = None
+        self._timer: TaskHandle | None = None
         self._closed = False
 
     def add(self, line: str) -> None:
@@ -83,10 +84,10 @@ class _LineBuffer:
         self.file.write("".join(lines))
         self.file.flush()
 
-    def start(self) -> None:
-        """Start the flush timer on the running event loop (idempotent)."""
-        if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+    def start(self, tasks: TaskOwner) -> None:
+        """Start the flush timer as a task of ``tasks`` (idempotent)."""
+        if self._timer is None and not self._closed:
+            self._timer = tasks.spawn(self._run, name=f"flushing {self.path.name}")
 
     async def _run(self) -> None:
         while True:
@@ -99,9 +100,9 @@ class _LineBuffer:
     def close(self) -> None:
         if self._closed:
             return
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         try:
             self.flush()
         finally:
@@ -113,7 +114,22 @@ class _LineBuffer:
         return len(self._lines)
 
 
-class AccessLog:
+class _BufferedLog:
+    """What the log files share: a line buffer with a flush timer."""
+
+    _buffer: _LineBuffer
+
+    def start(self, tasks: TaskOwner) -> None:
+        self._buffer.start(tasks)
+
+    def flush(self) -> None:
+        self._buffer.flush()
+
+    def close(self) -> None:
+        self._buffer.close()
+
+
+class AccessLog(_BufferedLog):
     """``access_log.log``: ``<time> - <remote> "<METHOD> <path> HTTP/1.1" <status> <ms>``
     (TorchServe's access line, the last field in milliseconds)."""
 
@@ -126,22 +142,13 @@ class AccessLog:
         self._buffer.add(f'{self._clock.now()} - {remote or "-"} "{method} {path} HTTP/1.1" '
                          f'{status} {int(duration_ms)}\n')
 
-    def start(self) -> None:
-        self._buffer.start()
-
-    def flush(self) -> None:
-        self._buffer.flush()
-
-    def close(self) -> None:
-        self._buffer.close()
-
     @property
     def pending(self) -> int:
         """Lines recorded but not yet written."""
         return self._buffer.pending
 
 
-class ModelLog:
+class ModelLog(_BufferedLog):
     """``model_log.log``. ``file`` is the open file itself, for a worker whose output goes
     there unprefixed; ``copy_stream`` copies a pipe line by line with a prefix."""
 
@@ -180,15 +187,6 @@ class ModelLog:
             split = False
         self._buffer.flush()
 
-    def start(self) -> None:
-        self._buffer.start()
-
-    def flush(self) -> None:
-        self._buffer.flush()
-
-    def close(self) -> None:
-        self._buffer.close()
-
 
 def _decode(chunk: bytes) -> str:
     return chunk.decode("utf-8", errors="replace").rstrip("\r\n")
@@ -217,9 +215,9 @@ class MetricsLog:
                       hostname: str) -> None:
         self.server.add(self._line(name, unit, value, dims, hostname))
 
-    def start(self) -> None:
-        self.model.start()
-        self.server.start()
+    def start(self, tasks: TaskOwner) -> None:
+        self.model.start(tasks)
+        self.server.start(tasks)
 
     def close(self) -> None:
         self.model.close()
@@ -238,10 +236,10 @@ class Logs:
     handlers: list[logging.Handler]
     logger: logging.Logger
 
-    def start(self) -> None:
-        self.access.start()
-        self.model.start()
-        self.metrics.start()
+    def start(self, tasks: TaskOwner) -> None:
+        self.access.start(tasks)
+        self.model.start(tasks)
+        self.metrics.start(tasks)
 
     def close(self) -> None:
         self.access.close()

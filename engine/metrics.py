@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .registry import ModelVersion, Registry
+from .tasks import TaskHandle, TaskOwner
 
 log = logging.getLogger("dagserve.metrics")
 
@@ -101,7 +102,7 @@ class MetricsCollector(Collector):
         self.registry = registry
         self.hostname = hostname or socket.gethostname()
         self.log = log  # logs.MetricsLog: model_metrics.log and ts_metrics.log, or None
-        self._log_task: asyncio.Task | None = None
+        self._log_timer: TaskHandle | None = None
         self.status = StatusCounter()
         self._dropped_warned: set[tuple[str, str]] = set()
         self.prometheus = CollectorRegistry(auto_describe=False)
@@ -146,11 +147,11 @@ class MetricsCollector(Collector):
 
     # -- ts_metrics.log -----------------------------------------------------------------
 
-    def start_server_log(self, interval_s: float = 60.0) -> None:
+    def start_server_log(self, tasks: TaskOwner, interval_s: float = 60.0) -> None:
         """Write the server's figures to ts_metrics.log now and every ``interval_s``."""
-        if self.log is not None and self._log_task is None:
-            self._log_task = asyncio.get_running_loop().create_task(
-                self._server_log_loop(interval_s))
+        if self.log is not None and self._log_timer is None:
+            self._log_timer = tasks.spawn(self._server_log_loop, interval_s,
+                                          name="writing ts_metrics.log")
 
     async def _server_log_loop(self, interval_s: float) -> None:
         while True:
@@ -174,9 +175,9 @@ class MetricsCollector(Collector):
                    {"ModelName": mv.name, "Level": "Model"}, host)
 
     def stop_server_log(self) -> None:
-        if self._log_task is not None:
-            self._log_task.cancel()
-            self._log_task = None
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
 
     # -- scrape time -------------------------------------------------------------------
 

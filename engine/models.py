@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import shutil
 import sys
-import tempfile
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
-
-import yaml
+from typing import Any, Callable, TextIO
 
 from dagserve import __version__
-from dagserve.archiver import ArchiveError, read_model_manifest, unpack
+from dagserve.archiver import read_model_manifest
 
 from .config import Config
-from .errors import (BadRequestError, ConflictError, InternalServerError,
-                     ModelNotFoundError)
+from .errors import BadRequestError, ConflictError, InternalServerError
+from .handler.model_config import load_model_config, model_config_name
+from .intake import ArchiveIntake
 from .registry import ModelVersion, Registry
+from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.pool import DeviceAllocator, WorkerPool
 from .workers.process import WorkerProcess, WorkerSpec, WorkerStartError
@@ -50,45 +47,13 @@ class ModelOptions:
     version: str | None = None
 
 
-def check_url(url: str, allowed: tuple[str, ...]) -> None:
-    if ".." in url:
-        raise ModelNotFoundError(f"Relative path is not allowed in url: {url}")
-    if re.match(r"^(https?|file)://", url) and not any(re.fullmatch(p, url) for p in allowed):
-        raise ModelNotFoundError(f"Given URL {url} does not match any allowed URL(s)")
-
-
-async def download(url: str, dest: Path, max_bytes: int) -> None:
-    import aiohttp
-
-    try:
-        timeout = aiohttp.ClientTimeout(total=300)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(url) as resp:
-                if resp.status != 200:
-                    raise BadRequestError(f"Failed to download archive from: {url} "
-                                          f"(HTTP {resp.status})")
-                size = 0
-                with dest.open("wb") as fh:
-                    async for chunk in resp.content.iter_chunked(1 << 16):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise BadRequestError(f"Failed to download archive from: {url} "
-                                                  f"(larger than {max_bytes} bytes)")
-                        fh.write(chunk)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise BadRequestError(f"Failed to download archive from: {url} ({exc})") from None
-
-
 def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
     """The archive's model-config.yaml (``configFile`` in the manifest), ``{}`` without one."""
-    name = (manifest.get("model") or {}).get("configFile")
-    if not name:
-        return {}
     try:
-        data = yaml.safe_load((model_dir / name).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise BadRequestError(f"Invalid model config file {name}: {exc}") from None
-    return data if isinstance(data, dict) else {}
+        return load_model_config(model_dir, manifest)
+    except (OSError, ValueError) as exc:
+        raise BadRequestError(f"Invalid model config file "
+                              f"{model_config_name(manifest)}: {exc}") from None
 
 
 async def install_requirements(model_dir: Path, requirements: str) -> None:
@@ -106,23 +71,25 @@ async def install_requirements(model_dir: Path, requirements: str) -> None:
 
 
 class ModelManager:
-    MAX_ARCHIVE_BYTES = 8 << 30
+    """Registers, scales and unregisters model versions. ``on_change`` is called after each
+    change (the snapshot writer); ``on_metrics`` gets the metrics a handler sent with a
+    batch; ``tasks`` owns what runs in the background (async registrations, workers)."""
 
-    def __init__(self, cfg: Config, registry: Registry, *, work_dir: Path,
-                 devices: DeviceAllocator, model_log: TextIO | None, on_change=None,
-                 ray=None):
+    def __init__(self, cfg: Config, registry: Registry, *, intake: ArchiveIntake,
+                 work_dir: Path, devices: DeviceAllocator, model_log: TextIO | None,
+                 tasks: TaskOwner, on_change: Callable[[], None],
+                 on_metrics: Callable[[ModelVersion, list[dict]], None], ray=None):
         self.cfg = cfg
         self.ray = ray  # a RayCluster when ray_address is set: workers are Ray actors
         self.registry = registry
-        self.work_dir = work_dir
+        self.intake = intake
         self.sock_dir = work_dir / "sockets"
         self.sock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.models_dir = work_dir / "models"
-        self.models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.devices = devices
         self.model_log = model_log
-        self.on_change = on_change or (lambda: None)
-        self.on_metrics = None  # set by the metrics module: (ModelVersion, list[dict]) -> None
+        self.tasks = tasks
+        self.on_change = on_change
+        self.on_metrics = on_metrics
 
     def default_workers(self) -> int:
         if self.cfg.default_workers_per_model > 0:
@@ -131,60 +98,17 @@ class ModelManager:
 
         return self.devices.gpu_count or os.cpu_count() or 1
 
-    # -- url -> unpacked directory -------------------------------------------------------
-
-    async def fetch(self, url: str, store: Path | None) -> tuple[Path, bool]:
-        """Local path of the archive named by ``url``; True when it is a temporary download."""
-        check_url(url, self.cfg.allowed_urls)
-        if url.startswith(("http://", "https://")):
-            name = Path(urllib.parse.urlparse(url).path).name or "download.mar"
-            tmp = Path(tempfile.mkdtemp(dir=self.work_dir)) / name
-            try:
-                await download(url, tmp, self.MAX_ARCHIVE_BYTES)
-            except BaseException:
-                shutil.rmtree(tmp.parent, ignore_errors=True)
-                raise
-            return tmp, True
-        if url.startswith("file://"):
-            path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
-        else:
-            if store is None:
-                raise ModelNotFoundError(f"Model not found in model store: {url} "
-                                         "(no model store configured)")
-            path = (store / url.lstrip("/")).resolve()
-            if not path.is_relative_to(store.resolve()):  # a link out of the store
-                raise ModelNotFoundError(f"Model not found in model store: {url}")
-        if not path.exists():
-            raise ModelNotFoundError(f"Model not found in model store: {url}")
-        return path, False
-
-    async def unpack(self, archive: Path, prefix: str) -> Path:
-        dest = Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.models_dir))
-        dest.rmdir()
-        try:
-            return await asyncio.to_thread(unpack, archive, dest)
-        except ArchiveError as exc:
-            raise BadRequestError(f"Invalid archive {archive.name}: {exc}") from None
-
     # -- register / scale / unregister ---------------------------------------------------
 
     async def register(self, url: str, opts: ModelOptions, *, synchronous: bool = True,
-                       store: Path | None = None) -> tuple[ModelVersion, asyncio.Task | None]:
+                       store: Path | None = None) -> ModelVersion:
         """Load a model version and start its initial workers.
 
         Synchronous: returns once the workers are up (or raises, leaving nothing behind).
-        Otherwise returns at once with the task that starts them."""
-        archive, temporary = await self.fetch(url, self.cfg.model_store if store is None else store)
-        try:
-            model_dir = await self.unpack(archive, Path(url).stem)
-        finally:
-            if temporary:
-                shutil.rmtree(archive.parent, ignore_errors=True)
-        try:
-            manifest = read_model_manifest(model_dir)
-        except ArchiveError as exc:
-            shutil.rmtree(model_dir, ignore_errors=True)
-            raise BadRequestError(f"Invalid model archive {url}: {exc}") from None
+        Otherwise returns at once; the workers start in a background task (its failure
+        unregisters the model again and is logged)."""
+        model_dir, manifest = await self.intake.receive(
+            url, self.cfg.model_store if store is None else store, read_model_manifest, "model")
         if self.cfg.install_py_dep_per_model and manifest.requirements_file:
             try:
                 await install_requirements(model_dir, manifest.requirements_file)
@@ -198,8 +122,7 @@ class ModelManager:
 
     async def register_dir(self, url: str, model_dir: Path, opts: ModelOptions, *, name: str,
                            version: str, runtime: str, handler: str, manifest: dict,
-                           owns_dir: bool, synchronous: bool = True,
-                           ) -> tuple[ModelVersion, asyncio.Task | None]:
+                           owns_dir: bool, synchronous: bool = True) -> ModelVersion:
         """Register a model whose files are already in ``model_dir`` (an unpacked archive,
         or a workflow's directory for a function node). ``owns_dir``: delete it with the
         model."""
@@ -213,11 +136,12 @@ class ModelManager:
                 shutil.rmtree(model_dir, ignore_errors=True)
             raise
         self.registry.add(mv)
-        if not synchronous:
-            task = asyncio.ensure_future(self._start_or_unregister(mv))
-            return mv, task
-        await self._start_or_unregister(mv)
-        return mv, None
+        if synchronous:
+            await self._start_or_unregister(mv)
+        else:
+            self.tasks.spawn(self._start_or_unregister, mv,
+                             name=f"starting the workers of {mv.name} {mv.version}")
+        return mv
 
     async def _start_or_unregister(self, mv: ModelVersion) -> None:
         try:
@@ -264,13 +188,13 @@ class ModelManager:
                           batch_size=batch_size, response_timeout=rt, startup_timeout=st,
                           decode_input=self.cfg.decode_input_request,
                           server_version=SERVER_VERSION)
-        queue = BatchQueue(name, batch_size, self.cfg.job_queue_size)
+        queue = BatchQueue(name, batch_size, self.cfg.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         factory = WorkerProcess if self.ray is None else self.ray.worker_factory(
             model_dir, ray_placement(acfg, per_model, name))
         pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
-                          log_file=self.model_log,
-                          on_metrics=lambda m: self._metrics(mv_holder, m),
+                          log_file=self.model_log, tasks=self.tasks,
+                          on_metrics=lambda m: self.on_metrics(mv_holder[0], m),
                           worker_factory=factory)
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,
@@ -280,10 +204,6 @@ class ModelManager:
                           owner=opts.owner)
         mv_holder.append(mv)
         return mv
-
-    def _metrics(self, holder: list[ModelVersion], metrics: list[dict]) -> None:
-        if self.on_metrics is not None and holder:
-            self.on_metrics(holder[0], metrics)
 
     async def scale(self, mv: ModelVersion, min_workers: int, max_workers: int) -> None:
         mv.min_workers, mv.max_workers = min_workers, max_workers

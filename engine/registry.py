@@ -67,7 +67,7 @@ class WorkflowEntry:
     compiled: Any  # dagserve.workflows.CompiledWorkflow
     workflow_dir: Path
     node_models: dict[str, ModelVersion]  # dag node name -> its model (function nodes too)
-    spec_settings: dict[str, Any] = field(default_factory=dict)
+    plan: Any  # scheduler.Plan: what a request runs, built once at registration
 
 
 class Registry:

@@ -23,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .errors import DagserveError
-from .models import ModelOptions
+from .files import write_atomically
+from .models import ModelManager, ModelOptions
 from .properties import format_properties, parse_properties
-from .registry import ModelVersion
+from .registry import ModelVersion, Registry
+from .workflow_manager import WorkflowManager
 
 log = logging.getLogger("dagserve.snapshot")
 
@@ -46,20 +48,29 @@ WORKFLOW_KEY = "workflow_snapshot"
 # -- the snapshot manager -----------------------------------------------------------------
 
 class SnapshotManager:
-    def __init__(self, server):
-        self.server = server
-        self.dir = Path(server.cfg.log_dir) / "config"
+    """Writes what ``registry`` holds; restores it through the model and workflow managers.
+    After :meth:`close` (the shutdown snapshot is written) nothing is written any more."""
+
+    def __init__(self, cfg: Config, registry: Registry):
+        self.cfg = cfg
+        self.registry = registry
+        self.dir = Path(cfg.log_dir) / "config"
         self._scheduled = False
         self._restoring = False
+        self._closed = False
         self._last_ms = 0
         self._base = self._base_properties()
+
+    def close(self) -> None:
+        self._closed = True
+        self._scheduled = False
 
     # -- writing -------------------------------------------------------------------------
 
     def changed(self) -> None:
         """Something was registered, scaled or unregistered: write a ``snapshot`` once the
         current event-loop tick is over (several changes in one tick share one write)."""
-        if self._restoring or self._scheduled:
+        if self._restoring or self._scheduled or self._closed:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -85,15 +96,16 @@ class SnapshotManager:
         written (logged: a full disk must not take the server down)."""
         if kind not in KINDS:
             raise ValueError(f"snapshot kind must be one of {KINDS}, got {kind!r}")
+        if self._closed:
+            log.warning("snapshot %s not written: the server has stopped", kind)
+            return None
         now_ms = max(int(time.time() * 1000), self._last_ms + 1)
         self._last_ms = now_ms
         stamp = datetime.fromtimestamp(now_ms / 1000)
         name = stamp.strftime("%Y%m%d%H%M%S") + f"{now_ms % 1000:03d}-{kind}.cfg"
         props = dict(self._base)
         props[MODEL_KEY] = json.dumps(self._model_snapshot(name, now_ms), indent=2)
-        workflows = self._workflow_entries()
-        if workflows is not None:
-            props[WORKFLOW_KEY] = json.dumps(workflows, indent=2)
+        props[WORKFLOW_KEY] = json.dumps(workflow_entries(self.registry), indent=2)
         try:
             path = self._write_atomically(name, format_properties(props, "Saving snapshot"))
         except OSError as exc:
@@ -105,30 +117,13 @@ class SnapshotManager:
     def _write_atomically(self, name: str, text: str) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / name
-        tmp = self.dir / f".{name}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(final, text.encode("utf-8"))
         return final
 
     def _base_properties(self) -> dict[str, str]:
         """The configuration part of the file: the config file's keys, then the addresses
         and stores the server really uses."""
-        cfg = self.server.cfg
+        cfg = self.cfg
         props: dict[str, str] = {}
         if cfg.config_file is not None:
             try:
@@ -148,7 +143,7 @@ class SnapshotManager:
         return props
 
     def _model_snapshot(self, name: str, created_ms: int) -> dict[str, Any]:
-        registry = self.server.registry
+        registry = self.registry
         models: dict[str, dict[str, Any]] = {}
         count = 0
         for model_name in registry.names():
@@ -174,16 +169,6 @@ class SnapshotManager:
             state["handler"] = mv.handler
         return state
 
-    def _workflow_entries(self) -> list[dict] | None:
-        workflows = self.server.workflows
-        if workflows is None:
-            return None
-        try:
-            return list(workflows.snapshot_entries())
-        except Exception:  # the snapshot must still hold the models
-            log.exception("could not list the workflows for the snapshot")
-            return None
-
     # -- restoring -----------------------------------------------------------------------
 
     def latest(self) -> Path | None:
@@ -196,7 +181,7 @@ class SnapshotManager:
                  if (m := FILE_NAME.match(p.name)) and p.is_file()]
         return max(found)[2] if found else None
 
-    async def restore_latest(self) -> bool:
+    async def restore_latest(self, models: ModelManager, workflows: WorkflowManager) -> bool:
         """Register again what the newest snapshot holds: models (versions, workers, batch
         settings, default versions), then workflows. True when something was restored."""
         path = self.latest()
@@ -208,23 +193,23 @@ class SnapshotManager:
             log.error("could not read snapshot %s: %s", path, exc)
             return False
         log.info("restoring from snapshot %s", path.name)
-        models = _json_value(props.get(MODEL_KEY), path, MODEL_KEY, dict) or {}
-        workflows = _json_value(props.get(WORKFLOW_KEY), path, WORKFLOW_KEY, list) or []
+        saved = _json_value(props.get(MODEL_KEY), path, MODEL_KEY, dict) or {}
+        saved_workflows = _json_value(props.get(WORKFLOW_KEY), path, WORKFLOW_KEY, list) or []
         self._restoring = True
         try:
-            restored = await self._restore_models(models.get("models") or {})
-            if workflows and self.server.workflows is not None:
-                before = len(self.server.registry.workflows)
+            restored = await self._restore_models(models, saved.get("models") or {})
+            if saved_workflows:
+                before = len(self.registry.workflows)
                 try:
-                    await self.server.workflows.restore(workflows)
+                    await workflows.restore(saved_workflows)
                 except Exception:  # the models restored above must still be served
                     log.exception("restoring the workflows of %s failed", path.name)
-                restored += len(self.server.registry.workflows) - before
+                restored += len(self.registry.workflows) - before
         finally:
             self._restoring = False
         return restored > 0
 
-    async def _restore_models(self, models: Any) -> int:
+    async def _restore_models(self, manager: ModelManager, models: Any) -> int:
         if not isinstance(models, dict):
             log.error("model_snapshot.models is not an object; no model restored")
             return 0
@@ -235,7 +220,7 @@ class SnapshotManager:
                 continue
             for version, state in versions.items():
                 jobs.append((name, version, state))
-        results = await asyncio.gather(*(self._restore_model(*job) for job in jobs),
+        results = await asyncio.gather(*(self._restore_model(manager, *job) for job in jobs),
                                        return_exceptions=True)
         restored = 0
         for (name, version, state), result in zip(jobs, results):
@@ -246,12 +231,13 @@ class SnapshotManager:
             restored += 1
             if isinstance(state, dict) and state.get("defaultVersion") is True:
                 try:
-                    self.server.registry.set_default(name, result.version)
+                    self.registry.set_default(name, result.version)
                 except DagserveError:
                     pass
         return restored
 
-    async def _restore_model(self, name: str, version: str, state: Any) -> ModelVersion:
+    async def _restore_model(self, manager: ModelManager, name: str, version: str,
+                             state: Any) -> ModelVersion:
         if not isinstance(state, dict):
             raise ValueError("its entry is not an object")
         url = state.get("marName")
@@ -267,11 +253,19 @@ class SnapshotManager:
             max_workers=_int_or_none(state, "maxWorkers"),
             response_timeout=_int_or_none(state, "responseTimeout"),
             startup_timeout=_int_or_none(state, "startupTimeout"))
-        mv, _ = await self.server.models.register(url, opts, synchronous=True)
+        mv, _ = await manager.register(url, opts, synchronous=True)
         if mv.version != version:
             log.warning("snapshot had version %s of model %s, but %s now holds version %s",
                         version, name, url, mv.version)
         return mv
+
+
+def workflow_entries(registry: Registry) -> list[dict]:
+    """What a restore needs of each registered workflow: its url and its nodes' workers."""
+    return [{"name": e.name, "url": e.url,
+             "nodes": {node: {"minWorkers": mv.min_workers, "maxWorkers": mv.max_workers}
+                       for node, mv in e.node_models.items()}}
+            for e in registry.workflows.values()]
 
 
 def _int_or_none(state: dict, key: str) -> int | None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from dagserve.archiver import ArchiveError, read_workflow_manifest
+from dagserve.archiver import read_workflow_manifest
+from dagserve.archiver.handler_names import parse_handler
 from dagserve.workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
                        load_spec)
 
@@ -25,14 +25,6 @@ from .messages import Request, Response
 log = logging.getLogger("dagserve.workflows")
 
 
-@dataclass
-class RunnableWorkflow:
-    """What a request needs: the plan and each node's model, resolved once."""
-
-    plan: Plan
-    targets: dict[str, ModelVersion]
-
-
 def node_model_name(workflow: str, node: str) -> str:
     return f"{workflow}__{node}"
 
@@ -42,16 +34,15 @@ class WorkflowManager:
         self.cfg = cfg
         self.registry = registry
         self.models = models
-        self._runnable: dict[str, RunnableWorkflow] = {}
 
     # -- requests -------------------------------------------------------------------------
 
     async def run(self, name: str, request: Request) -> Response:
-        runnable = self._runnable.get(name)
-        if runnable is None:
+        entry = self.registry.workflows.get(name)
+        if entry is None:
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
         try:
-            return await run_plan(runnable.plan, runnable.targets, request)
+            return await run_plan(entry.plan, entry.node_models, request)
         except NodeFailed as exc:
             if exc.status < 500:  # the node refused its input: keep its status and say so
                 raise PredictionError(str(exc), exc.status) from None
@@ -60,19 +51,11 @@ class WorkflowManager:
     # -- registration ---------------------------------------------------------------------
 
     async def register(self, url: str, name: str | None = None) -> WorkflowEntry:
-        archive, temporary = await self.models.fetch(url, self.cfg.workflow_store)
+        wf_dir, manifest = await self.models.intake.receive(
+            url, self.cfg.workflow_store, read_workflow_manifest, "workflow")
         try:
-            wf_dir = await self.models.unpack(archive, Path(url).stem)
-        finally:
-            if temporary:
-                shutil.rmtree(archive.parent, ignore_errors=True)
-        try:
-            manifest = read_workflow_manifest(wf_dir)
             name = name or manifest.workflow_name
             self.registry.reserve_workflow(name)
-        except ArchiveError as exc:
-            shutil.rmtree(wf_dir, ignore_errors=True)
-            raise BadRequestError(f"Invalid workflow archive {url}: {exc}") from None
         except BaseException:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
@@ -84,9 +67,8 @@ class WorkflowManager:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
-                              node_models=nodes)
+                              node_models=nodes, plan=Plan.from_compiled(compiled))
         self.registry.add_workflow(entry)
-        self._runnable[name] = RunnableWorkflow(Plan.from_compiled(compiled), nodes)
         self.models.on_change()
         return entry
 
@@ -121,10 +103,10 @@ class WorkflowManager:
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
                                 owner=name)
             if compiled.graph.nodes[node]["kind"] == "model":
-                mv, _ = await self.models.register(compiled.models[node].url, opts,
+                mv = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)
             else:
-                mv, _ = await self.models.register_dir(
+                mv = await self.models.register_dir(
                     f"{name}:{node}", wf_dir, opts, name=opts.model_name or node, version="1.0",
                     runtime="python", handler=f"{Path(handler_file_name(handler)).stem}:{node}",
                     manifest={}, owns_dir=False)
@@ -145,7 +127,6 @@ class WorkflowManager:
     async def unregister(self, name: str) -> None:
         entry = self.registry.workflow(name)
         del self.registry.workflows[name]
-        self._runnable.pop(name, None)
         try:
             await asyncio.gather(*(self.models.unregister(mv.name, mv.version, force=True)
                                    for mv in entry.node_models.values()),
@@ -171,12 +152,6 @@ class WorkflowManager:
                 await self.register(url, name)
             except DagserveError as exc:
                 log.error("could not load workflow %s at start: %s", url, exc.message)
-
-    def snapshot_entries(self) -> list[dict]:
-        return [{"name": e.name, "url": e.url,
-                 "nodes": {node: {"minWorkers": mv.min_workers, "maxWorkers": mv.max_workers}
-                           for node, mv in e.node_models.items()}}
-                for e in self.registry.workflows.values()]
 
     async def restore(self, entries: list[dict]) -> None:
         for item in entries:
@@ -205,5 +180,4 @@ class WorkflowManager:
 
 def handler_file_name(handler: str) -> str:
     """The manifest's handler (``wf_handler.py`` or ``wf_handler``) as a file name."""
-    base = handler.split(":", 1)[0]
-    return base if base.endswith(".py") else base + ".py"
+    return parse_handler(handler).file_name

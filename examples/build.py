@@ -89,6 +89,7 @@ def archives() -> list[Archive]:
     probs_config = IMAGE / "model-config-probs.yaml"
     shapes_chain = WORKFLOWS / "shapes_chain"
     ensemble = WORKFLOWS / "shapes_ensemble"
+    image_input, node_output = WORKFLOWS / "image_input.py", WORKFLOWS / "node_output.py"
     return [
         # The shapes CNN, eager (model.py + state dict): /predictions/shapes, shapes_chain.
         _mar("shapes", "image_classifier", model_file=IMAGE / "model.py",
@@ -106,11 +107,11 @@ def archives() -> list[Archive]:
         _mar("minilm_embedder", str(TEXT / "embedder_handler.py"), extra=(TEXT / "minilm.py",),
              requirements=TEXT / "requirements.txt", text=True),
         _war("shapes_chain", shapes_chain / "shapes_chain.yaml",
-             shapes_chain / "shapes_chain_handler.py", (WORKFLOWS / "image_input.py",)),
+             shapes_chain / "shapes_chain_handler.py", (image_input, node_output)),
         _war("shapes_ensemble", ensemble / "shapes_ensemble.yaml",
-             ensemble / "shapes_ensemble_handler.py", (WORKFLOWS / "image_input.py",)),
+             ensemble / "shapes_ensemble_handler.py", (image_input, node_output)),
         _war("text_intent", TEXT / "text_intent.yaml", TEXT / "text_intent_handler.py",
-             extra=(TEXT / "build" / "intent_index.json",), text=True),
+             extra=(TEXT / "build" / "intent_index.json", node_output), text=True),
     ]
 
 

@@ -42,7 +42,7 @@ while str(EXAMPLES) in sys.path:
     sys.path.remove(str(EXAMPLES))
 sys.path.insert(0, str(IMAGE))
 sys.path.insert(0, str(TEXT))
-sys.path.insert(0, str(WORKFLOWS))  # image_input.py, an extra file of the shapes .wars
+sys.path.insert(0, str(WORKFLOWS))  # image_input.py, node_output.py: extra files of the .wars
 
 import shapes  # noqa: E402
 import train  # noqa: E402

@@ -347,5 +347,5 @@ def test_missing_model_config_file_is_a_load_error(tmp_path):
 def test_invalid_manifest_json_is_a_load_error(tmp_path):
     (tmp_path / "model" / "MAR-INF").mkdir(parents=True)
     (tmp_path / "model" / "MAR-INF" / "MANIFEST.json").write_text("{oops")
-    with pytest.raises(ValueError, match="MANIFEST.json is not valid JSON"):
+    with pytest.raises(ValueError, match="MANIFEST.json: invalid JSON"):
         make_service(tmp_path, ECHO)

@@ -174,6 +174,7 @@ def test_a_worker_holds_more_only_while_its_batches_are_quick_and_times_out_clea
         unstarted: list[Job] = []
         w = WorkerProcess(WorkerSpec("m", Path("/tmp"), "h", response_timeout=5),
                           sock_dir=Path("/tmp"), gpu_id=None, threads=1, log_file=None,
+                          tasks=None,  # type: ignore[arg-type]  # never started here
                           on_idle=lambda w: None, on_exit=lambda w, r: None)
         w._conn = _Conn()  # type: ignore[assignment]
         w.kill = lambda: None  # type: ignore[method-assign]
@@ -223,3 +224,42 @@ def test_linear_chains_are_recognised():
     assert [n.name for n in plan({"a": []}).chain] == ["a"]
     assert plan({"a": ["b", "c"]}).chain is None
     assert plan({"a": ["b", "c"], "b": ["d"], "c": ["d"]}).chain is None
+
+
+def test_max_batch_delay_fills_partial_batches_only_under_load():
+    """Light load (the last batch was not full): a lone request leaves at once. Under load
+    (the last batch left full): a partial batch waits for more, up to max_batch_delay, and
+    leaves the moment it is full."""
+    async def go() -> None:
+        queue = BatchQueue("m", 4, 100, max_batch_delay_ms=200)
+        w = FakeWorker(queue)
+        queue.worker_ready(w)
+        queue.submit(Request("light", []))
+        await asyncio.sleep(0)
+        assert w.sent == [["light"]]  # nothing waits at light load
+        w.finish()
+        for i in range(4):  # a full batch: load is high
+            queue.submit(Request(f"f{i}", []))
+        await asyncio.sleep(0)
+        assert w.sent[-1] == ["f0", "f1", "f2", "f3"]
+        w.finish()
+        queue.submit(Request("p0", []))
+        queue.submit(Request("p1", []))
+        await asyncio.sleep(0.01)
+        assert len(w.sent) == 2 and queue.pending == 2  # the idle worker waits for more
+        queue.submit(Request("p2", []))
+        queue.submit(Request("p3", []))
+        await asyncio.sleep(0)
+        assert w.sent[-1] == ["p0", "p1", "p2", "p3"]  # full: leaves at once
+        w.finish()
+        queue.submit(Request("t0", []))
+        await asyncio.sleep(0.01)
+        assert queue.pending == 1  # still under load: waiting to fill
+        await asyncio.sleep(0.3)
+        assert w.sent[-1] == ["t0"]  # ... but never past max_batch_delay
+        w.finish()
+        queue.submit(Request("after", []))
+        await asyncio.sleep(0)
+        assert w.sent[-1] == ["after"]  # the partial batch ended the busy spell
+
+    asyncio.run(go())

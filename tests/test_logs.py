@@ -9,12 +9,14 @@ import re
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from dagserve.engine import logs as logs_mod
 from dagserve.engine.config import Config
 from dagserve.engine.errors import ConfigError
 from dagserve.engine.logs import AccessLog, ModelLog, setup_logging
+from dagserve.engine.tasks import TaskOwner
 
 
 @pytest.fixture
@@ -169,16 +171,19 @@ def test_access_log_timer_flushes(tmp_path):
     path = tmp_path / "access_log.log"
 
     async def scenario():
-        access = AccessLog(path, interval_s=0.02)
-        access.start()
-        access.start()  # idempotent
-        access.record("r", "GET", "/timer", 200, 1)
-        for _ in range(500):  # wait for the timer; no wall-clock bound asserted
-            await asyncio.sleep(0.01)
-            if path.read_text():
-                break
-        text = path.read_text()
-        access.close()
+        async with anyio.create_task_group() as group:
+            tasks = TaskOwner(group)
+            access = AccessLog(path, interval_s=0.02)
+            access.start(tasks)
+            access.start(tasks)  # idempotent
+            access.record("r", "GET", "/timer", 200, 1)
+            for _ in range(500):  # wait for the timer; no wall-clock bound asserted
+                await asyncio.sleep(0.01)
+                if path.read_text():
+                    break
+            text = path.read_text()
+            access.close()
+            await tasks.close()
         return text
 
     assert "/timer" in asyncio.run(scenario())
@@ -281,15 +286,18 @@ def test_logs_start_runs_both_timers(tmp_path, opened):
     opened.append(logs)
 
     async def scenario():
-        logs.start()
-        logs.access.record("r", "GET", "/x", 200, 1)
-        logs.model.write_line("W-3", "hi")
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if (logs.log_dir / logs_mod.ACCESS_LOG).read_text() and \
-                    (logs.log_dir / logs_mod.MODEL_LOG).read_text():
-                break
-        logs.close()
+        async with anyio.create_task_group() as group:
+            tasks = TaskOwner(group)
+            logs.start(tasks)
+            logs.access.record("r", "GET", "/x", 200, 1)
+            logs.model.write_line("W-3", "hi")
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                if (logs.log_dir / logs_mod.ACCESS_LOG).read_text() and \
+                        (logs.log_dir / logs_mod.MODEL_LOG).read_text():
+                    break
+            logs.close()
+            await tasks.close()
 
     asyncio.run(scenario())
     assert "/x" in (tmp_path / "logs" / "access_log.log").read_text()

@@ -63,7 +63,7 @@ def start_worker(model_dir: Path, sock_dir: Path, handler: str, **extra):
     settings = {"socket": str(sock_path), "model_dir": str(model_dir), "model_name": "echo",
                 "handler": handler, "gpu_id": None, "batch_size": 3, "threads": 1,
                 "decode_input": True, "server_version": "test", "config_file": None,
-                "envelope": None, **extra}
+                **extra}
     proc = subprocess.Popen([sys.executable, "-m", "dagserve.engine.workers.main",
                              "--settings", json.dumps(settings)],
                             cwd=model_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -5,7 +5,6 @@ retries, failures, timeouts, batching across requests, and registration while re
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap

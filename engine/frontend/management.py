@@ -9,13 +9,15 @@ what is wrong.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
+
+from ..auth import token_handler
+from ..config import Config
 
 from ..errors import (
     BadRequestError,
@@ -25,8 +27,9 @@ from ..errors import (
     MethodNotAllowedError,
     ModelNotFoundError,
 )
-from ..models import SERVER_VERSION, ModelOptions
-from ..registry import ModelVersion
+from ..models import SERVER_VERSION, ModelManager, ModelOptions
+from ..registry import ModelVersion, Registry
+from ..tasks import TaskOwner
 from ..workers.process import WorkerStartError
 from .params import (
     bool_param,
@@ -38,6 +41,9 @@ from .params import (
     status_message,
 )
 from .workflow_routes import add_workflow_routes
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 log = logging.getLogger("dagserve.management")
 
@@ -77,15 +83,16 @@ def _str_param(params: dict[str, Any], name: str) -> str | None:
 
 
 class ManagementRoutes:
-    def __init__(self, server):
-        self.server = server
-        self.cfg = server.cfg
-        self.registry = server.registry
-        self._tasks: set[asyncio.Task] = set()
+    """``persist`` writes the snapshot of a change before the API answers (SIGKILL-safe);
+    ``tasks`` runs what a client asked not to wait for (``synchronous=false``)."""
 
-    @property
-    def models(self):
-        return self.server.models
+    def __init__(self, cfg: Config, registry: Registry, models: ModelManager,
+                 tasks: TaskOwner, persist: Callable[[], None]):
+        self.cfg = cfg
+        self.registry = registry
+        self.models = models
+        self.tasks = tasks
+        self._persist = persist
 
     def _check_model_api(self) -> None:
         if not self.cfg.enable_model_api:
@@ -93,26 +100,6 @@ class ManagementRoutes:
 
     def _changed(self) -> None:
         self.models.on_change()
-
-    def _persist(self) -> None:
-        """Write the snapshot of the change just made before answering (SIGKILL-safe)."""
-        snapshots = getattr(self.server, "snapshots", None)
-        if snapshots is not None:
-            snapshots.flush()
-
-    def _background(self, coro, what: str) -> None:
-        """Run ``coro`` after the response (``synchronous=false``); its failure is logged
-        (the model manager has already rolled back whatever it started)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                exc = t.exception()
-                log.error("%s failed: %s", what, getattr(exc, "message", None) or exc)
-
-        task.add_done_callback(done)
 
     # -- register ----------------------------------------------------------------------
 
@@ -139,17 +126,14 @@ class ManagementRoutes:
             response_timeout=int_param(params, "response_timeout", None, minimum=1),
             startup_timeout=int_param(params, "startup_timeout", None, minimum=1))
         synchronous = bool_param(params, "synchronous", True)
-        mv, task = await self.models.register(url, opts, synchronous=synchronous)
-        if task is None:
+        mv = await self.models.register(url, opts, synchronous=synchronous)
+        if synchronous:
             self._persist()
         if mv.min_workers == 0:
-            if task is not None:
-                self._background(task, f"registering {mv.name} {mv.version}")
             return status_message(
                 f"Model \"{mv.name}\" Version: {mv.version} registered with 0 initial workers. "
                 "Use scale workers API to add workers for the model.")
-        if task is not None:
-            self._background(task, f"starting the workers of {mv.name} {mv.version}")
+        if not synchronous:
             return status_message("Processing worker updates...", 202)
         return status_message(f"Model \"{mv.name}\" Version: {mv.version} registered with "
                               f"{mv.min_workers} initial workers")
@@ -174,8 +158,8 @@ class ManagementRoutes:
             raise ConflictError(f"Model {name} belongs to workflow {mv.owner}; scale the "
                                 f"workflow instead (PUT /workflows/{mv.owner})")
         if not synchronous:
-            self._background(self._scale(mv, min_workers, max_workers),
-                             f"scaling {mv.name} {mv.version}")
+            self.tasks.spawn(self._scale, mv, min_workers, max_workers,
+                             name=f"scaling {mv.name} {mv.version}")
             return status_message("Processing worker updates...", 202)
         await self._scale(mv, min_workers, max_workers)
         self._persist()
@@ -305,9 +289,10 @@ def management_openapi() -> bytes:
     return json.dumps(doc, indent=2).encode()
 
 
-def build_management_app(server, middlewares: list) -> web.Application:
-    routes = ManagementRoutes(server)
-    app = web.Application(middlewares=middlewares, client_max_size=server.cfg.max_request_size)
+def build_management_app(runtime: Runtime, middlewares: list) -> web.Application:
+    routes = ManagementRoutes(runtime.cfg, runtime.registry, runtime.models, runtime.tasks,
+                              runtime.persist)
+    app = web.Application(middlewares=middlewares, client_max_size=runtime.cfg.max_request_size)
     r = app.router
     r.add_route("OPTIONS", "/", routes.options)
     r.add_get("/models", routes.list)
@@ -319,12 +304,9 @@ def build_management_app(server, middlewares: list) -> web.Application:
     r.add_put("/models/{model_name}/{version}", routes.scale)
     r.add_delete("/models/{model_name}/{version}", routes.unregister)
     r.add_put("/models/{model_name}/{version}/set-default", routes.set_default)
-    keys = getattr(server, "keys", None)
-    if keys is not None and not server.cfg.disable_token_authorization:
-        from ..auth import token_handler
-
-        token = token_handler(keys)
+    if runtime.keys is not None:
+        token = token_handler(runtime.keys)
         r.add_get("/token", token)
         r.add_post("/token", token)
-    add_workflow_routes(r, server)
+    add_workflow_routes(r, runtime.cfg, runtime.registry, runtime.workflows, runtime.persist)
     return app

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from aiohttp import web
 
+from ..config import Config
 from ..errors import BadRequestError, MethodNotAllowedError
+from ..registry import Registry
+from ..workflow_manager import WorkflowManager
 from .params import (bool_param, int_param, json_ok, name_param, paginate, request_params,
                      status_message)
 
 
 class WorkflowRoutes:
-    def __init__(self, server):
-        self.server = server
+    """``save_snapshot`` writes the snapshot before answering, so a crash right after the
+    reply keeps it."""
 
-    @property
-    def manager(self):
-        return self.server.workflows
-
-    def _save_snapshot(self) -> None:
-        """Write the snapshot before answering, so a crash right after the reply keeps it."""
-        if self.server.snapshots is not None:
-            self.server.snapshots.flush()
+    def __init__(self, cfg: Config, registry: Registry, manager: WorkflowManager,
+                 save_snapshot: Callable[[], None]):
+        self.cfg = cfg
+        self.registry = registry
+        self.manager = manager
+        self._save_snapshot = save_snapshot
 
     def _check_api_enabled(self) -> None:
-        if not self.server.cfg.enable_model_api:
+        if not self.cfg.enable_model_api:
             raise MethodNotAllowedError()
 
     async def register(self, request: web.Request) -> web.Response:
@@ -41,7 +44,7 @@ class WorkflowRoutes:
                               "successfully.")
 
     async def list(self, request: web.Request) -> web.Response:
-        entries = sorted(self.server.registry.workflows.values(), key=lambda e: e.name)
+        entries = sorted(self.registry.workflows.values(), key=lambda e: e.name)
         page, token = paginate(entries, request.query)
         body: dict = {} if token is None else {"nextPageToken": token}
         body["workflows"] = [{"workflowName": e.name, "workflowUrl": e.url} for e in page]
@@ -69,8 +72,9 @@ class WorkflowRoutes:
         return status_message(f"Workflow \"{name}\" scaled")
 
 
-def add_workflow_routes(router: web.UrlDispatcher, server) -> None:
-    routes = WorkflowRoutes(server)
+def add_workflow_routes(router: web.UrlDispatcher, cfg: Config, registry: Registry,
+                        manager: WorkflowManager, save_snapshot: Callable[[], None]) -> None:
+    routes = WorkflowRoutes(cfg, registry, manager, save_snapshot)
     router.add_post("/workflows", routes.register)
     router.add_get("/workflows", routes.list)
     router.add_get("/workflows/{workflow_name}", routes.describe)

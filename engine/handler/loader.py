@@ -16,30 +16,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from dagserve.archiver.handler_names import BUILTIN_HANDLERS, parse_handler
+
 from .util import import_from_dir, list_classes_from_module
 
 __all__ = ["BUILTIN_HANDLERS", "EntryPoint", "load_handler", "split_handler"]
-
-#: Handler names that resolve to ``dagserve.engine.handler.<name>`` when the model brings no such file.
-BUILTIN_HANDLERS = ("base_handler", "image_classifier", "image_segmenter", "object_detector",
-                    "text_classifier")
 
 EntryPoint = Callable[[list | None, Any], Any]
 
 
 def split_handler(handler: str) -> tuple[str, str | None]:
     """``"dir/my_handler.py:fn"`` -> ``("my_handler", "fn")``."""
-    if not isinstance(handler, str) or not handler.strip():
-        raise ValueError("the model has no handler (the manifest's model.handler is empty)")
-    module_part, sep, function = handler.strip().partition(":")
-    module_name = module_part.replace("\\", "/").rsplit("/", 1)[-1]
-    if module_name.endswith(".py"):
-        module_name = module_name[:-3]
-    if not module_name:
-        raise ValueError(f"handler {handler!r} names no module")
-    if sep and not function:
-        raise ValueError(f"handler {handler!r} has an empty function name after ':'")
-    return module_name, (function or None)
+    name = parse_handler(handler)
+    return name.module, name.function
 
 
 def _import_handler_module(module_name: str, model_dir: Path) -> ModuleType:

@@ -155,17 +155,18 @@ class MetricsCache:
     def add_time(self, name: str, value: float, idx: Any = None, unit: str = "ms",
                  dimensions: Dims = None,
                  metric_type: MetricTypes | str = MetricTypes.GAUGE) -> None:
-        if unit not in TIME_UNITS:
-            raise MetricsCacheValueError(f"the unit of time metric {name!r} must be one of "
-                                         f"{TIME_UNITS}, got {unit!r}")
-        self._record(name, value, unit, _metric_type(metric_type), _dims_dict(dimensions))
+        self._record_in_unit("time", TIME_UNITS, name, value, unit, dimensions, metric_type)
 
     def add_size(self, name: str, value: float, idx: Any = None, unit: str = "MB",
                  dimensions: Dims = None,
                  metric_type: MetricTypes | str = MetricTypes.GAUGE) -> None:
-        if unit not in SIZE_UNITS:
-            raise MetricsCacheValueError(f"the unit of size metric {name!r} must be one of "
-                                         f"{SIZE_UNITS}, got {unit!r}")
+        self._record_in_unit("size", SIZE_UNITS, name, value, unit, dimensions, metric_type)
+
+    def _record_in_unit(self, kind: str, units: Any, name: str, value: float, unit: str,
+                        dimensions: Dims, metric_type: MetricTypes | str) -> None:
+        if unit not in units:
+            raise MetricsCacheValueError(f"the unit of {kind} metric {name!r} must be one of "
+                                         f"{units}, got {unit!r}")
         self._record(name, value, unit, _metric_type(metric_type), _dims_dict(dimensions))
 
     def add_percent(self, name: str, value: float, idx: Any = None, dimensions: Dims = None,

@@ -26,15 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dagserve.archiver.manifest import read_manifest_data
+
 from ..messages import Request, Response
 from .context import Context, RequestProcessor
 from .loader import EntryPoint, load_handler
 from .metrics import MetricsCache
-from .util import PredictionException, get_yaml_config
+from .model_config import load_model_config
+from .util import PredictionException
 
-__all__ = ["Service", "ServiceConfig", "load_service", "read_manifest"]
-
-MANIFEST_PATHS = ("MAR-INF/MANIFEST.json", "WAR-INF/MANIFEST.json")
+__all__ = ["Service", "ServiceConfig", "load_service"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,42 +53,12 @@ class ServiceConfig:
     config_file: str | None = None  # model-config YAML; relative paths are in model_dir
 
 
-def read_manifest(model_dir: Path) -> dict:
-    """The archive's manifest (MAR-INF, else WAR-INF), or ``{}`` when there is none."""
-    for rel in MANIFEST_PATHS:
-        path = model_dir / rel
-        if path.is_file():
-            try:
-                manifest = json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{rel} is not valid JSON: {exc}") from None
-            if not isinstance(manifest, dict):
-                raise ValueError(f"{rel} must hold a JSON object")
-            return manifest
-    return {}
-
-
-def _model_yaml_config(config: ServiceConfig, manifest: dict) -> dict:
-    name = config.config_file
-    if not name:
-        model = manifest.get("model")
-        name = model.get("configFile") if isinstance(model, dict) else None
-    if not name:
-        return {}
-    path = Path(name)
-    if not path.is_absolute():
-        path = config.model_dir / path
-    if not path.is_file():
-        raise FileNotFoundError(f"model config file {name} not found")
-    return get_yaml_config(path)
-
-
 def load_service(config: ServiceConfig) -> Service:
     """Read the manifest and model config, build the context, load the handler."""
     model_dir = Path(config.model_dir).resolve()
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    manifest = read_manifest(model_dir)
+    manifest = read_manifest_data(model_dir)
     model_section = manifest.get("model")
     handler = config.handler
     if not handler and isinstance(model_section, dict):
@@ -98,7 +69,7 @@ def load_service(config: ServiceConfig) -> Service:
         # A workflow's function worker has a WAR manifest (or none): give handlers the
         # model section they expect to find.
         manifest = dict(manifest, model={"modelName": config.model_name, "handler": handler})
-    yaml_config = _model_yaml_config(config, manifest)
+    yaml_config = load_model_config(model_dir, manifest, config.config_file)
     context = Context(config.model_name, str(model_dir), manifest, config.batch_size,
                       config.gpu_id, config.server_version, config.limit_max_image_pixels,
                       MetricsCache(config.model_name), yaml_config)

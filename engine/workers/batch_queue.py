@@ -2,10 +2,12 @@
 
 A batch leaves as soon as a worker is free: requests that arrive in the same event-loop tick
 go together, and requests that arrive while every worker is busy are gathered, up to
-``batch_size``, for the next free worker. ``max_batch_delay`` is therefore never a floor on
-latency (a fixed wait would cost its full delay on every workflow hop at light load); it is
-kept and reported for compatibility. A job cancelled while queued (a workflow node timeout)
-is skipped; a result that arrives for a cancelled job is dropped.
+``batch_size``, for the next free worker. ``max_batch_delay`` is what TorchServe users expect
+under load: when the last batch left full (demand exceeds what one batch carries), a partial
+batch waits for a free worker up to ``max_batch_delay`` ms after its oldest request arrived,
+leaving the moment it is full. At light load (the last batch was not full) nothing waits: a
+fixed wait would cost its full delay on every workflow hop. A job cancelled while queued (a
+workflow node timeout) is skipped; a result that arrives for a cancelled job is dropped.
 
 A busy worker may also be given batches to hold behind the one it runs (one, or a few when
 its batches are very quick: ``WorkerProcess.can_take_batch``), but only full ones
@@ -29,10 +31,14 @@ from .process import Job, WorkerProcess
 
 
 class BatchQueue:
-    def __init__(self, model_name: str, batch_size: int, capacity: int):
+    def __init__(self, model_name: str, batch_size: int, capacity: int,
+                 max_batch_delay_ms: float = 0.0):
         self.model_name = model_name
         self.batch_size = max(1, batch_size)
         self.capacity = capacity
+        self.max_batch_delay_s = max(0.0, max_batch_delay_ms) / 1000.0
+        self._last_full = False  # the last batch carried batch_size jobs: load is high
+        self._fill_timer: asyncio.TimerHandle | None = None
         self._pending: deque[Job] = deque()
         self._idle: list[WorkerProcess] = []  # workers with nothing to do
         self._room: list[WorkerProcess] = []  # busy workers that may take another batch
@@ -102,12 +108,32 @@ class BatchQueue:
             if not job.future.done():
                 job.future.set_exception(error)
 
+    def _wait_to_fill(self, now: float) -> bool:
+        """Under load, hold a partial batch (see the module docstring); True while holding."""
+        if not self._last_full or self.max_batch_delay_s <= 0:
+            return False
+        remaining = self._pending[0].enqueued + self.max_batch_delay_s - now
+        if remaining <= 0:
+            return False
+        if self._fill_timer is None:
+            self._fill_timer = asyncio.get_running_loop().call_later(remaining, self._filled)
+        return True
+
+    def _filled(self) -> None:
+        """The oldest waiting request has waited ``max_batch_delay``: send what there is."""
+        self._fill_timer = None
+        self._last_full = False
+        if self._pending:
+            self._pump()
+
     def _pump(self) -> None:
         self._pump_scheduled = False
         pending, idle, room = self._pending, self._idle, self._room
         now = time.perf_counter()
         size = self.batch_size
         while pending and (idle or (room and len(pending) >= size)):
+            if len(pending) < size and self._wait_to_fill(now):
+                return
             batch: list[Job] = []
             while pending and len(batch) < size:
                 job = pending.popleft()
@@ -116,6 +142,10 @@ class BatchQueue:
                     self.queue_latency_s += now - job.enqueued
             if not batch:
                 return
+            self._last_full = len(batch) == size
+            if self._fill_timer is not None:
+                self._fill_timer.cancel()
+                self._fill_timer = None
             self.dispatched += len(batch)
             worker = idle.pop() if idle else room.pop()
             worker.dispatch(batch)

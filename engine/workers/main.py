@@ -4,11 +4,8 @@ It connects to the frontend's Unix socket, loads the model's handler and says ``
 (or ``load_failed`` with a one-line reason, then exits 1), then serves ``predict`` frames
 until the frontend closes the socket (exit 0).
 
-Settings (JSON object): ``socket``, ``model_dir``, ``model_name``, ``handler``, ``gpu_id``
-(int or null), ``batch_size``, ``threads`` (> 0: torch's intra-op threads, with one
-inter-op thread), ``decode_input`` (true), ``limit_max_image_pixels`` (true),
-``server_version``, ``config_file`` (model-config YAML, else the manifest's). Unknown keys
-(``envelope``) are ignored.
+Settings: a :class:`~.settings.WorkerSettings` as JSON (unknown keys and wrong types are a
+usage error, exit 2).
 
 torch is not imported unless the handler needs it (a workflow's function worker starts in a
 fraction of the time): the thread limit is passed as ``OMP_NUM_THREADS`` before loading and
@@ -22,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import socket
@@ -32,34 +28,29 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .settings import WorkerSettings
 
 
-def _parse_settings(argv: list[str] | None) -> dict[str, Any]:
+def _parse_settings(argv: list[str] | None) -> WorkerSettings:
     parser = argparse.ArgumentParser(prog="python -m dagserve.engine.workers.main",
                                      description="dagserve worker process")
     parser.add_argument("--settings", required=True, help="the worker settings as JSON")
     args = parser.parse_args(argv)
     try:
-        settings = json.loads(args.settings)
+        return WorkerSettings.from_json(args.settings)
     except ValueError as exc:
-        parser.error(f"--settings is not valid JSON: {exc}")
-    if not isinstance(settings, dict):
-        parser.error("--settings must be a JSON object")
-    for key in ("socket", "model_dir", "model_name"):
-        if not isinstance(settings.get(key), str) or not settings[key]:
-            parser.error(f"--settings needs a non-empty string {key!r}")
-    return settings
+        parser.error(f"--settings {exc}")
 
 
-def _limit_threads_before_load(threads: Any) -> None:
+def _limit_threads_before_load(threads: int) -> None:
     """torch is imported (if at all) by the handler: have it start with ``threads``."""
-    if isinstance(threads, int) and threads > 0:
+    if threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _limit_threads_after_load(threads: Any) -> None:
+def _limit_threads_after_load(threads: int) -> None:
     torch = sys.modules.get("torch")
-    if torch is None or not isinstance(threads, int) or threads <= 0:
+    if torch is None or threads <= 0:
         return
     try:
         torch.set_num_threads(threads)
@@ -69,24 +60,6 @@ def _limit_threads_after_load(threads: Any) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass  # parallel work already started during load: keep torch's default
-
-
-def _config(settings: dict[str, Any]):
-    from ..handler.service import ServiceConfig
-
-    gpu_id = settings.get("gpu_id")
-    batch_size = settings.get("batch_size") or 1
-    return ServiceConfig(
-        model_dir=Path(settings["model_dir"]),
-        model_name=settings["model_name"],
-        handler=settings.get("handler") or None,
-        gpu_id=int(gpu_id) if gpu_id is not None else None,
-        batch_size=int(batch_size),
-        decode_input=bool(settings.get("decode_input", True)),
-        limit_max_image_pixels=bool(settings.get("limit_max_image_pixels", True)),
-        server_version=str(settings.get("server_version") or ""),
-        config_file=settings.get("config_file") or None,
-    )
 
 
 def _one_line(exc: BaseException, limit: int = 2000) -> str:
@@ -126,26 +99,26 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    model_dir = str(Path(settings["model_dir"]).resolve())
+    model_dir = str(Path(settings.model_dir).resolve())
     sys.path.insert(0, model_dir)
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(settings["socket"])
+        sock.connect(settings.socket)
     except OSError as exc:
-        print(f"worker could not connect to {settings['socket']}: {exc}", file=sys.stderr)
+        print(f"worker could not connect to {settings.socket}: {exc}", file=sys.stderr)
         return 2
 
-    name = settings["model_name"]
+    name = settings.model_name
     print(f"worker {os.getpid()}: loading model {name} from {model_dir}", file=sys.stderr)
     try:
-        _limit_threads_before_load(settings.get("threads"))
+        _limit_threads_before_load(settings.threads)
         from ..handler import ts_alias
         from ..handler.service import load_service
 
         ts_alias.install()
-        service = load_service(_config(settings))
-        _limit_threads_after_load(settings.get("threads"))
+        service = load_service(settings.service_config())
+        _limit_threads_after_load(settings.threads)
         _settle_heap()
     except BaseException as exc:  # noqa: BLE001 - any failure is reported, then we exit
         if isinstance(exc, KeyboardInterrupt):

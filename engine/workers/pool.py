@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import ServiceUnavailableError
+from ..tasks import TaskHandle, TaskOwner
 from .batch_queue import BatchQueue
 from .process import WorkerProcess, WorkerSpec, WorkerStartError
 
@@ -46,10 +47,11 @@ def visible_gpu_count(configured: int | None) -> int:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
-                 sock_dir: Path, log_file: TextIO | None,
+                 sock_dir: Path, log_file: TextIO | None, tasks: TaskOwner,
                  on_metrics: Callable[[list[dict]], None] | None = None,
                  worker_factory: Callable[..., WorkerProcess] = WorkerProcess):
         self.spec = spec
+        self.tasks = tasks
         self.worker_factory = worker_factory  # WorkerProcess, or a Ray actor's (ray_cluster)
         self.queue = queue
         self.devices = devices
@@ -61,7 +63,7 @@ class WorkerPool:
         self.max_workers = 0
         self._closed = False
         self._failures = 0
-        self._restarts: set[asyncio.Task] = set()
+        self._restarts: set[TaskHandle] = set()
         self._retiring: dict[WorkerProcess, asyncio.Future] = {}
 
     @property
@@ -83,8 +85,9 @@ class WorkerPool:
     async def _start_one(self) -> WorkerProcess:
         worker = self.worker_factory(self.spec, sock_dir=self.sock_dir,
                                      gpu_id=self.devices.next(), threads=self._threads(),
-                                     log_file=self.log_file, on_idle=self._worker_idle,
-                                     on_exit=self._on_exit, on_metrics=self.on_metrics)
+                                     log_file=self.log_file, tasks=self.tasks,
+                                     on_idle=self._worker_idle, on_exit=self._on_exit,
+                                     on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:
             await worker.start()
@@ -153,9 +156,21 @@ class WorkerPool:
         if not self.live_workers and not self._restarts and self.min_workers == 0:
             self.queue.fail_pending(self.no_worker_error())
         if len(self.live_workers) + len(self._restarts) < self.min_workers:
-            task = asyncio.ensure_future(self._restart())
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        holder: list[TaskHandle] = []
+
+        async def restart() -> None:
+            try:
+                await self._restart()
+            finally:
+                self._restarts.difference_update(holder)
+
+        handle = self.tasks.spawn(restart, name=f"restart of a worker of {self.spec.model_name}")
+        if not handle.finished:
+            holder.append(handle)
+            self._restarts.add(handle)
 
     async def _restart(self) -> None:
         delay = min(MAX_BACKOFF_S, 0.25 * (2 ** self._failures))
@@ -172,9 +187,7 @@ class WorkerPool:
                 self.queue.fail_pending(ServiceUnavailableError(
                     f"Model \"{self.spec.model_name}\" could not restart its worker: {exc}"))
             if not self._closed and len(self.live_workers) < self.min_workers:
-                task = asyncio.ensure_future(self._restart())
-                self._restarts.add(task)
-                task.add_done_callback(self._restarts.discard)
+                self._schedule_restart()
 
     def no_worker_error(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
@@ -188,8 +201,8 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._restarts):
-            task.cancel()
+        for handle in list(self._restarts):
+            handle.cancel()
         workers = list(self.workers)
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         self.queue.fail_pending(ServiceUnavailableError(

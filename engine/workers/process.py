@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import WorkerError
 from . import protocol
+from ..tasks import TaskOwner
 from .connection import WorkerConnection
+from .settings import WorkerSettings
 
 log = logging.getLogger("dagserve.workers")
 
@@ -43,7 +44,8 @@ HOLD_BUDGET_S = 0.001  # ... as long as they would all start within about this l
 
 @dataclass
 class WorkerSpec:
-    """What a worker of one model version needs to load and serve it."""
+    """What the workers of one model version need: how the frontend treats them (timeouts)
+    and what each is told (:meth:`settings_for`)."""
 
     model_name: str
     model_dir: Path
@@ -54,7 +56,13 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
-    extra: dict = field(default_factory=dict)
+
+    def settings_for(self, socket: Path, gpu_id: int | None, threads: int) -> WorkerSettings:
+        return WorkerSettings(
+            socket=str(socket), model_dir=str(self.model_dir), model_name=self.model_name,
+            handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
+            decode_input=self.decode_input, server_version=self.server_version,
+            config_file=self.config_file)
 
 
 @dataclass(slots=True)
@@ -68,31 +76,14 @@ class WorkerStartError(Exception):
     """The worker could not load its handler (or did not say so in time)."""
 
 
-def may_hold_batch(running: bool, held: int, batch_s: float) -> bool:
-    """Whether a worker may be sent one more batch: idle, holding none yet, or so quick
-    (``batch_s``, its moving average batch time) that all it holds starts soon."""
-    if not running or held == 0:
-        return True
-    return held < MAX_HELD and (held + 1) * batch_s <= HOLD_BUDGET_S
-
-
-def resolve_jobs(jobs: list[Job], responses: list[protocol.Response]) -> None:
-    """Answer a batch's jobs with the worker's responses, in order; a job the worker sent
-    no response for fails with 503."""
-    for job, resp in zip(jobs, responses):
-        if not job.future.done():
-            job.future.set_result(resp)
-    for job in jobs[len(responses):]:
-        if not job.future.done():
-            job.future.set_exception(WorkerError("number of batch response mismatched", 503))
-
-
 class WorkerProcess:
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
-                 log_file: TextIO | None, on_idle: Callable[["WorkerProcess"], None],
+                 log_file: TextIO | None, tasks: TaskOwner,
+                 on_idle: Callable[["WorkerProcess"], None],
                  on_exit: Callable[["WorkerProcess", str], None],
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
+        self._tasks = tasks
         self.id = str(next(_ids))
         self.gpu_id = gpu_id
         self.threads = threads
@@ -108,6 +99,7 @@ class WorkerProcess:
         self._server: asyncio.AbstractServer | None = None
         self._conn: WorkerConnection | None = None
         self._ready: asyncio.Future | None = None
+        self._exited: asyncio.Future | None = None  # set by the exit watcher
         self._inflight: list[Job] = []  # the batch the worker is running
         self._held: deque[list[Job]] = deque()  # batches waiting behind it in the socket
         self._started = 0.0  # when the running batch started
@@ -125,6 +117,7 @@ class WorkerProcess:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
+        self._exited = loop.create_future()
         conn_made = loop.create_future()
 
         def factory() -> WorkerConnection:
@@ -136,23 +129,17 @@ class WorkerProcess:
 
         self._server = await loop.create_unix_server(factory, path=str(self._sock_path))
         os.chmod(self._sock_path, 0o600)
-        settings = {
-            "socket": str(self._sock_path), "model_dir": str(self.spec.model_dir),
-            "model_name": self.spec.model_name, "handler": self.spec.handler,
-            "gpu_id": self.gpu_id, "batch_size": self.spec.batch_size, "threads": self.threads,
-            "decode_input": self.spec.decode_input, "server_version": self.spec.server_version,
-            "config_file": self.spec.config_file, **self.spec.extra,
-        }
+        settings = self.spec.settings_for(self._sock_path, self.gpu_id, self.threads)
         out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings", json.dumps(settings),
+            sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings", settings.to_json(),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
             cwd=str(self.spec.model_dir), start_new_session=True)
         self.pid = self._proc.pid
-        watcher = asyncio.ensure_future(self._watch_exit())
+        self._tasks.spawn(self._watch_exit, name=f"exit watcher of worker {self.id}")
         try:
             async with asyncio.timeout(self.spec.startup_timeout):
-                done, _ = await asyncio.wait({self._ready, watcher},
+                done, _ = await asyncio.wait({self._ready, self._exited},
                                              return_when=asyncio.FIRST_COMPLETED)
             if self._ready.done():
                 self._ready.result()  # raises WorkerStartError on load_failed
@@ -178,6 +165,8 @@ class WorkerProcess:
     async def _watch_exit(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(code)
         self._die(f"Worker died (exit code {code}).")
 
     def kill(self) -> None:
@@ -212,18 +201,26 @@ class WorkerProcess:
 
     def can_take_batch(self) -> bool:
         """Idle, or quick enough to hold one more batch (see the module docstring)."""
-        return may_hold_batch(bool(self._inflight), len(self._held), self._batch_s)
+        held = len(self._held)
+        if not self._inflight or held == 0:
+            return True
+        return held < MAX_HELD and (held + 1) * self._batch_s <= HOLD_BUDGET_S
 
     # -- batches ------------------------------------------------------------------------
 
     def dispatch(self, jobs: list[Job]) -> None:
         """Send a batch: the one to run now, or (while one runs) the one to run next."""
-        assert self._conn is not None and jobs
+        assert jobs
         if self._inflight:
             self._held.append(jobs)
         else:
             self._inflight = jobs
             self._start_batch(time.perf_counter())
+        self._send(jobs)
+
+    def _send(self, jobs: list[Job]) -> None:
+        """One ``predict`` frame down the socket (a Ray worker makes it a Ray call)."""
+        assert self._conn is not None
         try:
             self._conn.send(protocol.encode_predict([j.request for j in jobs]))
         except ConnectionError:
@@ -272,7 +269,13 @@ class WorkerProcess:
             self._start_batch(now)
         else:
             self._inflight = []
-        resolve_jobs(jobs, protocol.decode_result(meta, body))
+        responses = protocol.decode_result(meta, body)
+        for job, resp in zip(jobs, responses):
+            if not job.future.done():
+                job.future.set_result(resp)
+        for job in jobs[len(responses):]:
+            if not job.future.done():
+                job.future.set_exception(WorkerError("number of batch response mismatched", 503))
         metrics = meta.get("metrics")
         if metrics and self._on_metrics is not None:
             self._on_metrics(metrics)

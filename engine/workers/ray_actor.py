@@ -18,6 +18,7 @@ This module imports Ray: only Ray workers import it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -30,12 +31,13 @@ from typing import Any
 import ray
 
 from . import protocol
-from .main import _config, _limit_threads_after_load, _limit_threads_before_load, _one_line
+from .main import _limit_threads_after_load, _limit_threads_before_load, _one_line
+from .settings import WorkerSettings
 
 
 @ray.remote(concurrency_groups={"watch": 2})
 class ModelActor:
-    def __init__(self, model_zip: bytes, settings: dict[str, Any]) -> None:
+    def __init__(self, model_zip: bytes, settings: WorkerSettings) -> None:
         self._closed = threading.Event()
         self._dir: Path | None = None
         self._service = None
@@ -46,7 +48,7 @@ class ModelActor:
             traceback.print_exc(file=sys.stderr)
             self._error = _one_line(exc)
 
-    def _load(self, model_zip: bytes, settings: dict[str, Any]) -> None:
+    def _load(self, model_zip: bytes, settings: WorkerSettings) -> None:
         from dagserve.archiver import unpack
 
         from ..handler import ts_alias
@@ -61,12 +63,13 @@ class ModelActor:
         archive.unlink()
         sys.path.insert(0, str(model_dir))
         os.chdir(model_dir)  # as a local worker, which starts in its model directory
-        print(f"ray worker {os.getpid()}: loading model {settings['model_name']}",
+        print(f"ray worker {os.getpid()}: loading model {settings.model_name}",
               file=sys.stderr)
-        _limit_threads_before_load(settings.get("threads"))
+        _limit_threads_before_load(settings.threads)
         ts_alias.install()
-        self._service = load_service(_config(dict(settings, model_dir=str(model_dir))))
-        _limit_threads_after_load(settings.get("threads"))
+        settings = dataclasses.replace(settings, model_dir=str(model_dir))
+        self._service = load_service(settings.service_config())
+        _limit_threads_after_load(settings.threads)
 
     def ready(self) -> dict[str, Any]:
         """``{"ok": True, "pid", "node_id"}`` once loaded, else ``{"ok": False, "message"}``."""

@@ -14,11 +14,11 @@ called once with ``data=None`` when its worker starts (nothing to do then).
 
 from __future__ import annotations
 
-import json
 
 from ts.utils.util import PredictionException
 
 from image_input import image_bytes
+from node_output import parse_json_output
 
 
 def pre_processing(data: list[dict] | None, context) -> list[bytes] | None:
@@ -30,14 +30,7 @@ def pre_processing(data: list[dict] | None, context) -> list[bytes] | None:
 
 def _scores(value, where: str) -> dict[str, float]:
     """A classifier's output (JSON ``{label: probability}``, as bytes, text or parsed)."""
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise PredictionException(f"{where}: the classifier's output is not JSON: "
-                                      f"{value[:200]!r}", 502) from None
+    value = parse_json_output(value, where, "the classifier's output")
     if (not isinstance(value, dict) or not value
             or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
                        for p in value.values())):

@@ -15,12 +15,12 @@ returns a list of the same length; it is called once with ``data=None`` at start
 
 from __future__ import annotations
 
-import json
 import math
 
 from ts.utils.util import PredictionException
 
 from image_input import image_bytes
+from node_output import parse_json_output
 
 #: How far from 1 a classifier's probabilities may sum: more means it left classes out.
 SUM_TOLERANCE = 1e-3
@@ -36,14 +36,7 @@ def pre_processing(data: list[dict] | None, context) -> list[bytes] | None:
 def _distribution(value, where: str) -> dict[str, float]:
     """One classifier's output as ``{label: probability}``, checked to be a whole
     distribution (every class, summing to 1)."""
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise PredictionException(f"{where}: output is not JSON: {value[:200]!r}",
-                                      502) from None
+    value = parse_json_output(value, where)
     if (not isinstance(value, dict) or not value
             or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
                        and math.isfinite(p) and p >= 0 for p in value.values())):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ts.utils.util import PredictionException
 
+from node_output import parse_json_output
+
 INDEX_FILE = "intent_index.json"
 _indexes: dict[Path, dict] = {}  # model dir -> loaded index
 
@@ -56,13 +58,7 @@ def _cosine(a: list[float], b: list[float]) -> float:
 def _embedding(value, index: dict, idx: int) -> tuple[str | None, list[float]]:
     """The embedder's output for one request: (text, vector), checked against the index."""
     where = f"request {idx}"
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise PredictionException(f"{where}: the embedder's output is not JSON", 502) from None
+    value = parse_json_output(value, where, "the embedder's output")
     vector = value.get("embedding") if isinstance(value, dict) else None
     if not isinstance(vector, list) or not vector or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
