@@ -190,8 +190,9 @@ class ModelManager:
                           server_version=SERVER_VERSION)
         queue = BatchQueue(name, batch_size, self.cfg.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
-        factory = WorkerProcess if self.ray is None else self.ray.worker_factory(
-            model_dir, ray_placement(acfg, per_model, name))
+        placement = ray_placement(acfg, per_model, name)  # checked even without Ray
+        factory = WorkerProcess if self.ray is None else \
+            self.ray.worker_factory(model_dir, placement)
         pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
                           log_file=self.model_log, tasks=self.tasks,
                           on_metrics=lambda m: self.on_metrics(mv_holder[0], m),

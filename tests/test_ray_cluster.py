@@ -110,6 +110,8 @@ def frontends(cluster, tmp_path_factory):
     build_mar(store, "echo", ECHO_HANDLER, config_yaml=ECHO_CONFIG,
               extra_files={"greeting.txt": "hello from the archive"})
     build_war(store, "chain", WORKFLOW_SPEC, WORKFLOW_HANDLER)
+    build_mar(store, "nowhere", ECHO_HANDLER, config_yaml="ray:\n  resources: {c: 1}\n",
+              extra_files={"greeting.txt": "-"})
     # Both frontends start from the same configuration and store: the same registrations.
     config = {"ray_address": cluster.address, "models": MODELS,
               "load_models": "echo=echo.mar", "load_workflows": "chain.war",
@@ -119,7 +121,8 @@ def frontends(cluster, tmp_path_factory):
         for n in range(2):
             servers.append(start_server(tmp_path_factory.mktemp(f"frontend{n}"),
                                         model_store=store, config=config, timeout=240,
-                                        args=["--disable-token-auth", "--ncs"]))
+                                        args=["--disable-token-auth", "--enable-model-api",
+                                              "--ncs"]))
         yield servers
     finally:
         for server in servers:
@@ -168,6 +171,17 @@ def test_batches_and_handler_errors_are_those_of_a_local_worker(frontends):
     with ThreadPoolExecutor(12) as pool:
         replies = list(pool.map(lambda b: predict(server, "wfpredict/chain", b), bodies))
     assert [r.text for r in replies] == [f"hello from the archive {b.upper()}!" for b in bodies]
+
+
+def test_a_placement_no_node_can_take_fails_registration_clearly(frontends):
+    server = frontends[0]
+    reply = requests.post(f"{server.management_url}/models",
+                          params={"url": "nowhere.mar", "initial_workers": 1},
+                          timeout=HTTP_TIMEOUT)
+    assert reply.status_code == 500, reply.text
+    assert "no live Ray node has 1 of resource 'c'" in reply.json()["message"], reply.text
+    assert requests.get(f"{server.management_url}/models/nowhere",
+                        timeout=HTTP_TIMEOUT).status_code == 404
 
 
 def test_scaling_adds_and_removes_actors(cluster, frontends):

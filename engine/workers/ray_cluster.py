@@ -12,6 +12,7 @@ import functools
 import io
 import logging
 import signal
+import socket
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,7 @@ class RayCluster:
     @classmethod
     def connect(cls, address: str) -> "RayCluster":
         """``ray.init`` once: ``auto``, a GCS ``host:port`` or ``ray://host:port``."""
+        _check_reachable(address)
         try:
             import ray
         except ImportError:
@@ -111,6 +113,21 @@ class RayCluster:
 
         return functools.partial(RayWorker, cluster=self, model=ShippedModel(model_dir),
                                  placement=placement)
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address nothing listens on at once: ``ray.init`` would retry for minutes."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"ray_address must be auto, host:port or ray://host:port, "
+                          f"got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def _label_matches(labels: dict[str, str], key: str, selector: str) -> bool:
