@@ -5,9 +5,12 @@ zip a model is shipped in, whole frames in memory, and that Ray is never importe
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import requests
@@ -146,3 +149,57 @@ def test_a_ray_address_nothing_listens_on_stops_the_start_at_once(tmp_path, addr
         start_server(tmp_path, config={"ray_address": address}, args=["--ncs"])
     for word in words:
         assert word in str(info.value)
+
+
+class _Ref:
+    def __init__(self, future):
+        self._future = future
+
+    def future(self):
+        return self._future
+
+
+class _Method:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def remote(self, frame):
+        future = concurrent.futures.Future()
+        self.calls.append((frame, future))
+        return _Ref(future)
+
+
+def test_replies_that_overtake_the_running_batch_wait_for_it(tmp_path):
+    """Ray delivers each call's reply through its own callback, so the reply of a held
+    batch may reach the loop before the running batch's: every job still gets its own
+    answer, in the order the actor ran them."""
+    from dagserve.engine.workers.process import Job, WorkerSpec
+    from dagserve.engine.workers.ray_worker import RayWorker
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        idle = []
+        worker = RayWorker(WorkerSpec("m", tmp_path, "h"), cluster=None, model=None,
+                           placement=RayPlacement(), sock_dir=tmp_path, gpu_id=None,
+                           threads=1, log_file=None, tasks=None, on_idle=idle.append,
+                           on_exit=lambda w, reason: None)
+        calls = []
+        worker._actor = types.SimpleNamespace(predict=_Method(calls))
+        worker._loop = loop
+        batches = [[Job(Request(f"{b}.{i}", [Param("body", None, b"x")]), loop.create_future(),
+                        0.0) for i in range(2)] for b in range(3)]
+        for batch in batches:
+            worker.dispatch(batch)
+        assert len(calls) == 3 and worker.busy
+        for index in (2, 1, 0):  # the replies arrive last batch first
+            frame, future = calls[index]
+            meta, body = protocol.split_frame(frame)
+            reqs = protocol.decode_predict(meta, body)
+            future.set_result(protocol.encode_result(
+                [Response(r.id, 200, r.id.encode()) for r in reqs]))
+            await asyncio.sleep(0.05)
+        answers = [[(await job.future).value for job in batch] for batch in batches]
+        assert answers == [[f"{b}.{i}".encode() for i in range(2)] for b in range(3)]
+        assert not worker.busy and idle == [worker]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -49,6 +49,8 @@ class RayWorker(WorkerProcess):
         self._placement = placement
         self._actor: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # replies of held batches that arrived before the running batch's
+        self._early: list[tuple[list[Job], concurrent.futures.Future]] = []
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -140,8 +142,26 @@ class RayWorker(WorkerProcess):
             lambda done: loop.call_soon_threadsafe(self._call_done, jobs, done))
 
     def _call_done(self, jobs: list[Job], done: concurrent.futures.Future) -> None:
+        """A call's reply. Replies reach the loop in any order (each comes through its
+        own Ray callback), while the actor ran the batches in order: one that overtook the
+        running batch's reply waits for it."""
+        if self._dead:
+            self._early.clear()
+            return
         if jobs is not self._inflight:
-            return  # this batch failed already (response timeout, death)
+            if any(batch is jobs for batch in self._held):
+                self._early.append((jobs, done))
+            return  # else this batch failed already (response timeout, death)
+        self._finish(done)
+        while self._inflight and not self._dead:
+            early = next((e for e in self._early if e[0] is self._inflight), None)
+            if early is None:
+                return
+            self._early.remove(early)
+            self._finish(early[1])
+
+    def _finish(self, done: concurrent.futures.Future) -> None:
+        """The running batch's reply: its responses, or the actor's death."""
         exc = done.exception()
         if exc is not None:  # the actor died (seen here or by its watch, whichever is first)
             import ray
