@@ -90,6 +90,7 @@ class LocalRayCluster:
     workdir: Path
     nodes: dict[str, RayNode] = field(default_factory=dict)
     gcs_port: int = 0
+    client_port: int = 0  # the head's Ray Client server: ray://<head ip>:<client_port>
     num_cpus: int = 2
     object_store_bytes: int = 256 << 20
     seen: set[int] = field(default_factory=set)  # every process of the cluster stop() found
@@ -128,11 +129,12 @@ class LocalRayCluster:
     def start_head(self) -> RayNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.gcs_port = _free_port()
+        self.client_port = _free_port()
         temp = self.workdir / "ray"  # Ray's session files, not /tmp/ray
         return self._start("a", ["--head", f"--port={self.gcs_port}",
                                  "--include-dashboard=false",
                                  f"--dashboard-port={_free_port()}",
-                                 f"--ray-client-server-port={_free_port()}",
+                                 f"--ray-client-server-port={self.client_port}",
                                  f"--temp-dir={temp}"])
 
     def add_node(self, name: str) -> RayNode:

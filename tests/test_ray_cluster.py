@@ -140,7 +140,9 @@ def predict(server, path: str, body: str) -> requests.Response:
 def worker_pids(server, model: str) -> list[int]:
     reply = requests.get(f"{server.management_url}/models/{model}", timeout=HTTP_TIMEOUT)
     assert reply.status_code == 200, reply.text
-    return [w["pid"] for w in reply.json()[0]["workers"] if w["status"] == "READY"]
+    workers = [w for w in reply.json()[0]["workers"] if w["status"] == "READY"]
+    assert all(len(w["rayNode"]) == 56 for w in workers), workers  # a Ray node id, in hex
+    return [w["pid"] for w in workers]
 
 
 def test_both_frontends_answer_from_actors_on_the_right_nodes(cluster, frontends):

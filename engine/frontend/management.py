@@ -182,8 +182,10 @@ class ManagementRoutes:
         gpu = bool(getattr(self.models.devices, "gpu_count", 0))
         workers = [{"id": w.id, "startTime": iso_time(w.start_time),
                     "status": "READY" if w.alive and w.status == "READY" else w.status,
-                    "memoryUsage": memory_usage(w.pid), "pid": w.pid if w.pid else -1,
-                    "gpu": w.gpu_id is not None, "gpuUsage": "N/A"}
+                    # a Ray worker's pid is a process on its Ray node, maybe another host
+                    "memoryUsage": memory_usage(w.pid) if w.node_id is None else 0,
+                    "pid": w.pid if w.pid else -1, "gpu": w.gpu_id is not None,
+                    "gpuUsage": "N/A", **({"rayNode": w.node_id} if w.node_id else {})}
                    for w in list(mv.pool.workers) if w.alive]
         return {
             "modelName": mv.name, "modelVersion": mv.version, "modelUrl": mv.url,

@@ -77,6 +77,8 @@ class WorkerStartError(Exception):
 
 
 class WorkerProcess:
+    node_id: str | None = None  # the Ray node of a Ray worker (ray_worker.py); None: here
+
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
                  log_file: TextIO | None, tasks: TaskOwner,
                  on_idle: Callable[["WorkerProcess"], None],
