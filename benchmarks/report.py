@@ -244,6 +244,14 @@ def _scenario_extras(key: str, res: ScenarioResult) -> list[str]:
     elif key == "e" and res.rows:
         out.append(f"p50 {res.rows[0].load.p50_ms:.1f} ms; branches in parallel would take "
                    f"{res.extra['parallel_ms']} ms, in series {res.extra['serial_ms']} ms")
+    elif key == "f" and "when_us_per_node_p50" in res.extra:
+        out.append(f"when: {res.extra['when_us_per_node_p50']:+.1f} us per node at p50 "
+                   f"(goal <= 10 us); a skipped branch: "
+                   f"{res.extra['skipped_branch_us_p50']:+.1f} us at p50")
+    elif key == "g" and res.extra.get("batch_sizes"):
+        out.append(f"batch sizes the node saw (size: batches): {res.extra['batch_sizes']}; "
+                   f"mean {res.extra['mean_batch']:.2f}; p50 {res.rows[0].load.p50_ms:.3f} ms "
+                   f"(goal <= 3 ms)")
     return out
 
 

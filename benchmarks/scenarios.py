@@ -379,3 +379,6 @@ def run_scenario(key: str, server: ServerProcess, art: BenchArtifacts, budget: B
         result = ScenarioResult(key, server.name, skipped=f"failed: {exc}")
         log(f"  {server.name}: scenario {key} failed: {exc}")
         return result
+
+
+from . import flow_scenarios  # noqa: E402,F401  (adds (f) and (g) to SCENARIOS)

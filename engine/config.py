@@ -47,6 +47,7 @@ class Config:
     cors_allowed_methods: str | None = None
     cors_allowed_headers: str | None = None
     snapshots: bool = True
+    worker_fork_server: bool = True  # fork workers from one process that imported torch
     log_dir: Path = Path("logs")
     workdir: Path = Path(".")
     foreground: bool = False
@@ -64,7 +65,7 @@ class Config:
 
 
 _BOOL_KEYS = {"enable_model_api", "disable_token_authorization", "decode_input_request",
-              "install_py_dep_per_model", "enable_envvars_config"}
+              "install_py_dep_per_model", "enable_envvars_config", "worker_fork_server"}
 _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_timeout",
              "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
              "max_batch_delay", "number_of_gpu"}

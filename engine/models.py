@@ -13,6 +13,7 @@ from typing import Any, Callable, TextIO
 
 from dagserve import __version__
 from dagserve.archiver import read_model_manifest
+from dagserve.archiver.handler_names import BUILTIN_HANDLERS, parse_handler
 
 from .config import Config
 from .errors import BadRequestError, ConflictError, InternalServerError
@@ -22,7 +23,7 @@ from .registry import ModelVersion, Registry
 from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.pool import DeviceAllocator, WorkerPool
-from .workers.process import WorkerProcess, WorkerSpec, WorkerStartError
+from .workers.process import Launcher, WorkerProcess, WorkerSpec, WorkerStartError
 from .workers.ray_placement import ray_placement
 
 log = logging.getLogger("dagserve.models")
@@ -70,6 +71,21 @@ async def install_requirements(model_dir: Path, requirements: str) -> None:
                                   f"{tail}")
 
 
+def _uses_torch(model_dir: Path, manifest: dict, handler: str) -> bool:
+    """Whether a worker will import torch (then the fork server, which imports it, is worth
+    waiting for): it loads a serialized model, a built-in handler, or a handler file that
+    mentions torch."""
+    if (manifest.get("model") or {}).get("serializedFile"):
+        return True
+    try:
+        name = parse_handler(handler)
+        if name.module in BUILTIN_HANDLERS:
+            return True
+        return b"torch" in (model_dir / name.file_name).read_bytes()
+    except (ValueError, OSError):
+        return True
+
+
 class ModelManager:
     """Registers, scales and unregisters model versions. ``on_change`` is called after each
     change (the snapshot writer); ``on_metrics`` gets the metrics a handler sent with a
@@ -77,7 +93,7 @@ class ModelManager:
 
     def __init__(self, cfg: Config, registry: Registry, *, intake: ArchiveIntake,
                  work_dir: Path, devices: DeviceAllocator, model_log: TextIO | None,
-                 tasks: TaskOwner, on_change: Callable[[], None],
+                 tasks: TaskOwner, launcher: Launcher, on_change: Callable[[], None],
                  on_metrics: Callable[[ModelVersion, list[dict]], None], ray=None):
         self.cfg = cfg
         self.ray = ray  # a RayCluster when ray_address is set: workers are Ray actors
@@ -88,6 +104,7 @@ class ModelManager:
         self.devices = devices
         self.model_log = model_log
         self.tasks = tasks
+        self.launcher = launcher
         self.on_change = on_change
         self.on_metrics = on_metrics
 
@@ -187,14 +204,15 @@ class ModelManager:
         spec = WorkerSpec(model_name=name, model_dir=model_dir, handler=handler,
                           batch_size=batch_size, response_timeout=rt, startup_timeout=st,
                           decode_input=self.cfg.decode_input_request,
-                          server_version=SERVER_VERSION)
+                          server_version=SERVER_VERSION,
+                          uses_torch=_uses_torch(model_dir, raw, handler))
         queue = BatchQueue(name, batch_size, self.cfg.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         placement = ray_placement(acfg, per_model, name)  # checked even without Ray
         factory = WorkerProcess if self.ray is None else \
             self.ray.worker_factory(model_dir, placement)
         pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
-                          log_file=self.model_log, tasks=self.tasks,
+                          log_file=self.model_log, tasks=self.tasks, launcher=self.launcher,
                           on_metrics=lambda m: self.on_metrics(mv_holder[0], m),
                           worker_factory=factory)
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,

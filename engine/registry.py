@@ -60,6 +60,9 @@ class ModelVersion:
     registered_at: float = field(default_factory=time.time)
 
 
+DEFAULT_WORKFLOW_VERSION = "1.0"
+
+
 @dataclass
 class WorkflowEntry:
     name: str
@@ -68,6 +71,11 @@ class WorkflowEntry:
     workflow_dir: Path
     node_models: dict[str, ModelVersion]  # dag node name -> its model (function nodes too)
     plan: Any  # scheduler.Plan: what a request runs, built once at registration
+    version: str = DEFAULT_WORKFLOW_VERSION
+    shared: dict[str, ModelVersion] = field(default_factory=dict)  # `model:` nodes, not owned
+    targets: dict[str, ModelVersion] = field(default_factory=dict)  # node_models + shared
+    flow: Any = None  # flow.FlowPlan: the general path (new keys, or a request's deadline)
+    general: bool = False  # the spec uses the new keys: every request takes the general path
 
 
 class Registry:
@@ -75,8 +83,9 @@ class Registry:
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._defaults: dict[str, str] = {}
         self._reserved: set[tuple[str, str]] = set()
-        self.workflows: dict[str, WorkflowEntry] = {}
-        self._reserved_workflows: set[str] = set()
+        self.workflows: dict[str, WorkflowEntry] = {}  # name -> its default version
+        self._workflow_versions: dict[str, dict[str, WorkflowEntry]] = {}
+        self._reserved_workflows: set[tuple[str, str]] = set()
 
     # -- models -----------------------------------------------------------------------
 
@@ -136,22 +145,54 @@ class Registry:
     def all_versions(self) -> list[ModelVersion]:
         return [mv for name in sorted(self._models) for mv in self._models[name].values()]
 
-    # -- workflows --------------------------------------------------------------------
+    # -- workflows (versions as for models: the first registered is the default) ---------
 
-    def reserve_workflow(self, name: str) -> None:
-        if name in self.workflows or name in self._reserved_workflows:
-            raise ConflictError(f"Workflow {name} is already registered.")
-        self._reserved_workflows.add(name)
+    def reserve_workflow(self, name: str, version: str = DEFAULT_WORKFLOW_VERSION) -> None:
+        if version in self._workflow_versions.get(name, {}) or \
+                (name, version) in self._reserved_workflows:
+            raise ConflictError(f"Workflow {name} is already registered."
+                                if version == DEFAULT_WORKFLOW_VERSION else
+                                f"Workflow {name} version {version} is already registered.")
+        self._reserved_workflows.add((name, version))
 
-    def release_workflow(self, name: str) -> None:
-        self._reserved_workflows.discard(name)
+    def release_workflow(self, name: str, version: str = DEFAULT_WORKFLOW_VERSION) -> None:
+        self._reserved_workflows.discard((name, version))
 
     def add_workflow(self, entry: WorkflowEntry) -> None:
-        self._reserved_workflows.discard(entry.name)
-        self.workflows[entry.name] = entry
+        self._reserved_workflows.discard((entry.name, entry.version))
+        self._workflow_versions.setdefault(entry.name, {})[entry.version] = entry
+        self.workflows.setdefault(entry.name, entry)
 
-    def workflow(self, name: str) -> WorkflowEntry:
+    def workflow(self, name: str, version: str | None = None) -> WorkflowEntry:
         entry = self.workflows.get(name)
         if entry is None:
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
+        if version is None or version == entry.version:
+            return entry
+        found = self._workflow_versions[name].get(version)
+        if found is None:
+            raise WorkflowNotFoundError(f"Workflow version {version} does not exist for "
+                                        f"workflow {name}")
+        return found
+
+    def workflow_versions(self, name: str) -> list[WorkflowEntry]:
+        self.workflow(name)
+        return list(self._workflow_versions[name].values())
+
+    def all_workflow_versions(self) -> list[WorkflowEntry]:
+        return [e for name in sorted(self._workflow_versions)
+                for e in self._workflow_versions[name].values()]
+
+    def set_workflow_default(self, name: str, version: str) -> None:
+        """One assignment: a request already running keeps the entry it looked up."""
+        self.workflows[name] = self.workflow(name, version)
+
+    def remove_workflow(self, name: str, version: str) -> WorkflowEntry:
+        versions = self._workflow_versions[name]
+        entry = versions.pop(version)
+        if not versions:
+            del self._workflow_versions[name]
+            del self.workflows[name]
+        elif self.workflows[name] is entry:
+            self.workflows[name] = versions[sorted(versions)[-1]]
         return entry

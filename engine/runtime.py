@@ -29,6 +29,7 @@ from .models import ModelManager, ModelOptions
 from .registry import Registry
 from .snapshot import SnapshotManager
 from .tasks import TaskOwner
+from .workers.launch import ForkServerLauncher, SubprocessLauncher
 from .workers.pool import DeviceAllocator, visible_gpu_count
 from .workflow_manager import WorkflowManager
 
@@ -69,10 +70,13 @@ class Runtime:
             registry = Registry()
             metrics = MetricsCollector(registry, log=logs.metrics)
             snapshots = SnapshotManager(cfg, registry) if cfg.snapshots else None
+            # on Ray no worker is a local process: no fork server importing torch for nothing
+            launcher = ForkServerLauncher(tasks, logs.model.file) \
+                if cfg.worker_fork_server and ray is None else SubprocessLauncher()
             models = ModelManager(
                 cfg, registry, intake=ArchiveIntake(cfg.allowed_urls, work_dir),
                 work_dir=work_dir, devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
-                model_log=logs.model.file, tasks=tasks,
+                model_log=logs.model.file, tasks=tasks, launcher=launcher,
                 on_change=snapshots.changed if snapshots is not None else _nothing,
                 on_metrics=metrics.record_handler_metrics, ray=ray)
             workflows = WorkflowManager(cfg, registry, models)
@@ -86,6 +90,8 @@ class Runtime:
             raise
         logs.start(tasks)
         metrics.start_server_log(tasks)
+        if isinstance(launcher, ForkServerLauncher):
+            launcher.start()  # importing torch takes seconds: begin before models load
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,
                    metrics=metrics, snapshots=snapshots, models=models, workflows=workflows,
                    keys=keys, ray=ray)

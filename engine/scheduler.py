@@ -106,8 +106,13 @@ def node_inputs(plan: NodePlan, request: Request, outputs: dict[str, Response]) 
 def final_response(plan: Plan, outputs: dict[str, Response]) -> Response:
     if len(plan.leaves) == 1:
         return outputs[plan.leaves[0]]
+    return merged_response(plan.leaves, outputs)
+
+
+def merged_response(leaves, outputs: dict[str, Response]) -> Response:
+    """Several answering nodes: a JSON object by node name (TorchServe's leaf merge)."""
     merged = {}
-    for leaf in plan.leaves:
+    for leaf in leaves:
         raw = outputs[leaf].value
         try:
             merged[leaf] = json.loads(raw)
@@ -207,12 +212,12 @@ async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
     except BaseExceptionGroup as group:
         failed = group.subgroup(NodeFailed)
         if failed is not None:
-            raise _first(failed) from None
+            raise first_failure(failed) from None
         raise
     return final_response(plan, outputs)
 
 
-def _first(group: BaseExceptionGroup) -> NodeFailed:
+def first_failure(group: BaseExceptionGroup) -> NodeFailed:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]

@@ -29,7 +29,7 @@ STARTED_LINE = "Model server started."
 
 
 def _settle_heap() -> None:
-    """Freeze what starting created (torch, imported to count GPUs, is most of it) out of
+    """Freeze what starting created (aiohttp, jsonschema, networkx ...) out of
     the garbage collector's view: otherwise every full collection walks it again, a pause
     of about 0.1 s that lands on whichever requests are in flight (the p99 of every
     benchmark)."""

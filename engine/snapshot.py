@@ -253,7 +253,7 @@ class SnapshotManager:
             max_workers=_int_or_none(state, "maxWorkers"),
             response_timeout=_int_or_none(state, "responseTimeout"),
             startup_timeout=_int_or_none(state, "startupTimeout"))
-        mv, _ = await manager.register(url, opts, synchronous=True)
+        mv = await manager.register(url, opts, synchronous=True)
         if mv.version != version:
             log.warning("snapshot had version %s of model %s, but %s now holds version %s",
                         version, name, url, mv.version)
@@ -261,11 +261,15 @@ class SnapshotManager:
 
 
 def workflow_entries(registry: Registry) -> list[dict]:
-    """What a restore needs of each registered workflow: its url and its nodes' workers."""
-    return [{"name": e.name, "url": e.url,
+    """What a restore needs of each registered workflow version: its url, version, whether it
+    is the default, the registered models its ``model:`` nodes share (restored before it, as
+    models come first), and its nodes' workers."""
+    return [{"name": e.name, "url": e.url, "version": e.version,
+             "default": registry.workflows.get(e.name) is e,
+             "sharedModels": {node: f"{mv.name}/{mv.version}" for node, mv in e.shared.items()},
              "nodes": {node: {"minWorkers": mv.min_workers, "maxWorkers": mv.max_workers}
                        for node, mv in e.node_models.items()}}
-            for e in registry.workflows.values()]
+            for e in registry.all_workflow_versions()]
 
 
 def _int_or_none(state: dict, key: str) -> int | None:

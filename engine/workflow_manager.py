@@ -18,8 +18,10 @@ from .config import Config, startup_entries
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
                      WorkflowNotFoundError)
 from .models import ModelManager, ModelOptions
-from .registry import ModelVersion, Registry, WorkflowEntry
+from .flow import FlowPlan, request_deadline_ms, run_flow
+from .registry import DEFAULT_WORKFLOW_VERSION, ModelVersion, Registry, WorkflowEntry
 from .scheduler import NodeFailed, Plan, run_plan
+from .shared_models import resolve_shared
 from .messages import Request, Response
 
 log = logging.getLogger("dagserve.workflows")
@@ -37,12 +39,17 @@ class WorkflowManager:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def run(self, name: str, request: Request) -> Response:
-        entry = self.registry.workflows.get(name)
+    async def run(self, name: str, request: Request, version: str | None = None) -> Response:
+        entry = self.registry.workflows.get(name) if version is None else \
+            self.registry.workflow(name, version)
         if entry is None:
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
+        # ``entry`` is this version, to the end of the request, whatever the default becomes
         try:
-            return await run_plan(entry.plan, entry.node_models, request)
+            deadline = request_deadline_ms(request.headers, entry.flow.deadline_ms)
+            if deadline is None and not entry.general:  # TorchServe's specs: the fast paths
+                return await run_plan(entry.plan, entry.targets, request)
+            return await run_flow(entry.flow, entry.targets, request, deadline)
         except NodeFailed as exc:
             if exc.status < 500:  # the node refused its input: keep its status and say so
                 raise PredictionError(str(exc), exc.status) from None
@@ -50,24 +57,31 @@ class WorkflowManager:
 
     # -- registration ---------------------------------------------------------------------
 
-    async def register(self, url: str, name: str | None = None) -> WorkflowEntry:
+    async def register(self, url: str, name: str | None = None,
+                       version: str | None = None) -> WorkflowEntry:
+        version = version or DEFAULT_WORKFLOW_VERSION
         wf_dir, manifest = await self.models.intake.receive(
             url, self.cfg.workflow_store, read_workflow_manifest, "workflow")
         try:
             name = name or manifest.workflow_name
-            self.registry.reserve_workflow(name)
+            self.registry.reserve_workflow(name, version)
         except BaseException:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
         try:
             compiled = self._compile(wf_dir, manifest, name, Path(url).name)
-            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler)
+            shared = resolve_shared(self.registry, name, compiled.shared)
+            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler, version)
         except BaseException:
-            self.registry.release_workflow(name)
+            self.registry.release_workflow(name, version)
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
+        plan = Plan.from_compiled(compiled)
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
-                              node_models=nodes, plan=Plan.from_compiled(compiled))
+                              node_models=nodes, plan=plan, version=version, shared=shared,
+                              targets={**nodes, **shared},
+                              flow=FlowPlan.from_compiled(compiled, plan),
+                              general=compiled.uses_flow)
         self.registry.add_workflow(entry)
         self.models.on_change()
         return entry
@@ -91,7 +105,7 @@ class WorkflowManager:
         return compiled
 
     async def _start_nodes(self, name: str, compiled: CompiledWorkflow, wf_dir: Path,
-                           handler: str) -> dict[str, ModelVersion]:
+                           handler: str, version: str) -> dict[str, ModelVersion]:
         started: dict[str, ModelVersion] = {}
 
         async def start(node: str) -> None:
@@ -101,20 +115,20 @@ class WorkflowManager:
                                 max_batch_delay=settings.max_batch_delay_ms,
                                 initial_workers=max(1, settings.min_workers),
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
-                                owner=name)
+                                owner=name, version=version)
             if compiled.graph.nodes[node]["kind"] == "model":
                 mv = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)
             else:
                 mv = await self.models.register_dir(
-                    f"{name}:{node}", wf_dir, opts, name=opts.model_name or node, version="1.0",
+                    f"{name}:{node}", wf_dir, opts, name=opts.model_name or node, version=version,
                     runtime="python", handler=f"{Path(handler_file_name(handler)).stem}:{node}",
                     manifest={}, owns_dir=False)
             started[node] = mv
 
-        results = await asyncio.gather(*(start(n) for n in compiled.topo_order),
-                                       return_exceptions=True)
-        failures = [(n, r) for n, r in zip(compiled.topo_order, results)
+        owned = [n for n in compiled.topo_order if n not in compiled.shared]
+        results = await asyncio.gather(*(start(n) for n in owned), return_exceptions=True)
+        failures = [(n, r) for n, r in zip(owned, results)
                     if isinstance(r, BaseException)]
         if failures:
             await asyncio.gather(*(self.models.unregister(mv.name, mv.version, force=True)
@@ -124,9 +138,15 @@ class WorkflowManager:
                                       f"Failures: {reasons}")
         return started
 
-    async def unregister(self, name: str) -> None:
-        entry = self.registry.workflow(name)
-        del self.registry.workflows[name]
+    async def unregister(self, name: str, version: str | None = None) -> None:
+        """One version, or (without ``version``) every version of the workflow."""
+        entries = [self.registry.workflow(name, version)] if version is not None \
+            else self.registry.workflow_versions(name)
+        for entry in entries:
+            self.registry.remove_workflow(entry.name, entry.version)
+        await asyncio.gather(*(self._release(entry) for entry in entries))
+
+    async def _release(self, entry: WorkflowEntry) -> None:
         try:
             await asyncio.gather(*(self.models.unregister(mv.name, mv.version, force=True)
                                    for mv in entry.node_models.values()),
@@ -135,8 +155,9 @@ class WorkflowManager:
             shutil.rmtree(entry.workflow_dir, ignore_errors=True)
             self.models.on_change()
 
-    async def scale(self, name: str, min_workers: int | None, max_workers: int | None) -> None:
-        entry = self.registry.workflow(name)
+    async def scale(self, name: str, min_workers: int | None, max_workers: int | None,
+                    version: str | None = None) -> None:
+        entry = self.registry.workflow(name, version)
         await asyncio.gather(*(self.models.scale(
             mv, mv.min_workers if min_workers is None else min_workers,
             max(mv.max_workers if max_workers is None else max_workers,
@@ -154,28 +175,46 @@ class WorkflowManager:
                 log.error("could not load workflow %s at start: %s", url, exc.message)
 
     async def restore(self, entries: list[dict]) -> None:
+        """Register every version again (the models they share are restored before), then
+        give each name the default it had."""
+        defaults = []
         for item in entries:
             try:
-                entry = await self.register(item["url"], item["name"])
+                entry = await self.register(item["url"], item["name"], item.get("version"))
             except DagserveError as exc:
                 log.error("could not restore workflow %s: %s", item.get("name"), exc.message)
                 continue
+            if item.get("default"):
+                defaults.append(entry)
             for node, sizes in (item.get("nodes") or {}).items():
                 mv = entry.node_models.get(node)
                 if mv is not None and (sizes.get("minWorkers"), sizes.get("maxWorkers")) != \
                         (mv.min_workers, mv.max_workers):
                     await self.models.scale(mv, int(sizes["minWorkers"]), int(sizes["maxWorkers"]))
+        for entry in defaults:
+            self.registry.set_workflow_default(entry.name, entry.version)
 
-    def describe(self, name: str) -> list[dict]:
-        entry = self.registry.workflow(name)
+    def describe(self, name: str, version: str | None = None) -> list[dict]:
+        """The default version, one version, or every version (``all``)."""
+        entries = self.registry.workflow_versions(name) if version == "all" \
+            else [self.registry.workflow(name, version)]
+        return [self._describe_one(entry) for entry in entries]
+
+    def _describe_one(self, entry: WorkflowEntry) -> dict:
         g = entry.compiled.global_settings
-        return [{"workflowName": entry.name, "workflowUrl": entry.url,
-                 "minWorkers": g.min_workers, "maxWorkers": g.max_workers,
-                 "batchSize": g.batch_size, "maxBatchDelay": g.max_batch_delay_ms,
-                 "retryAttempts": g.retry_attempts, "timeoutMs": g.timeout_ms,
-                 "workflowDag": entry.compiled.to_json(),
-                 "nodes": {node: {"model": mv.name, "workers": mv.pool.ready_count}
-                           for node, mv in entry.node_models.items()}}]
+        nodes = {node: {"model": mv.name, "version": mv.version,
+                        "workers": mv.pool.ready_count}
+                 for node, mv in entry.node_models.items()}
+        nodes.update({node: {"model": mv.name, "version": mv.version, "shared": True,
+                             "workers": mv.pool.ready_count}
+                      for node, mv in entry.shared.items()})
+        return {"workflowName": entry.name, "workflowUrl": entry.url,
+                "workflowVersion": entry.version,
+                "isDefault": self.registry.workflows.get(entry.name) is entry,
+                "minWorkers": g.min_workers, "maxWorkers": g.max_workers,
+                "batchSize": g.batch_size, "maxBatchDelay": g.max_batch_delay_ms,
+                "retryAttempts": g.retry_attempts, "timeoutMs": g.timeout_ms,
+                "workflowDag": entry.compiled.to_json(), "nodes": nodes}
 
 
 def handler_file_name(handler: str) -> str:

@@ -90,6 +90,7 @@ def archives() -> list[Archive]:
     shapes_chain = WORKFLOWS / "shapes_chain"
     ensemble = WORKFLOWS / "shapes_ensemble"
     image_input, node_output = WORKFLOWS / "image_input.py", WORKFLOWS / "node_output.py"
+    scene, router = WORKFLOWS / "shapes_scene", WORKFLOWS / "shapes_router"
     return [
         # The shapes CNN, eager (model.py + state dict): /predictions/shapes, shapes_chain.
         _mar("shapes", "image_classifier", model_file=IMAGE / "model.py",
@@ -110,6 +111,13 @@ def archives() -> list[Archive]:
              shapes_chain / "shapes_chain_handler.py", (image_input, node_output)),
         _war("shapes_ensemble", ensemble / "shapes_ensemble.yaml",
              ensemble / "shapes_ensemble_handler.py", (image_input, node_output)),
+        # dagserve's own keys (docs/workflows.md); both share the registered shapes model.
+        _war("shapes_scene", scene / "shapes_scene.yaml", scene / "shapes_scene_handler.py",
+             (image_input, node_output, scene / "detector.py")),
+        _war("shapes_router", router / "shapes_router.yaml",
+             router / "shapes_router_handler.py", (image_input, node_output)),
+        _war("every_key", WORKFLOWS / "every_key" / "every_key.yaml",
+             WORKFLOWS / "every_key" / "every_key_handler.py"),
         _war("text_intent", TEXT / "text_intent.yaml", TEXT / "text_intent_handler.py",
              extra=(TEXT / "build" / "intent_index.json", node_output), text=True),
     ]

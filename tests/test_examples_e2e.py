@@ -103,3 +103,56 @@ def test_text_workflow_maps_sentences_to_intents(server, sentence, intent):
                       headers={"Content-Type": "text/plain"}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["intent"] == intent, r.json()
+
+
+def _metric(server, model: str) -> float:
+    text = requests.get(server.metrics_url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f'ts_inference_requests_total{{model_name="{model}",'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_router_runs_only_the_branch_the_model_picked(server):
+    pictures = dict(fresh_pictures())
+    round_before = _metric(server, "shapes_router__round_shapes")
+    angular_before = _metric(server, "shapes_router__angular_shapes")
+    r = requests.put(server.inference_url + "/wfpredict/shapes_router", data=pictures["circle"],
+                     timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["branch"] == "round_shapes" and r.json()["label"] == "circle"
+    for label in ("star", "square"):
+        r = requests.put(server.inference_url + "/wfpredict/shapes_router",
+                         data=pictures[label], timeout=30)
+        assert r.json()["branch"] == "angular_shapes" and r.json()["label"] == label
+    assert _metric(server, "shapes_router__round_shapes") - round_before == 1
+    assert _metric(server, "shapes_router__angular_shapes") - angular_before == 2
+
+
+def test_scene_names_every_shape_of_a_picture(server):
+    sys.path.insert(0, str(REPO_ROOT / "examples" / "workflows" / "shapes_scene"))
+    from scene import draw_scene
+
+    labels = ["heart", "square", "circle", "cross"]
+    buf = io.BytesIO()
+    draw_scene(random.Random(FRESH_SEED), labels, columns=2).save(buf, format="PNG")
+    r = requests.put(server.inference_url + "/wfpredict/shapes_scene", data=buf.getvalue(),
+                     timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["picture"]["format"] == "PNG"
+    assert [o["label"] for o in out["objects"]] == labels
+    assert sum(out["counts"].values()) == 4
+
+
+def test_every_key_example_answers_as_its_docs_say(server):
+    url = server.inference_url + "/wfpredict/every_key"
+    r = requests.post(url, json={"numbers": [1, 2, 3], "mood": "loud", "nap": 0}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"shout": "LOUD", "flaky": "fallback",
+                        "report": {"first": 1, "squares": [1, 4, 9],
+                                   "request": {"numbers": [1, 2, 3], "mood": "loud",
+                                               "nap": 0}}}
+    r = requests.post(url, json={"numbers": list(range(11)), "mood": "calm", "nap": 0},
+                      timeout=30)
+    assert r.status_code == 400 and "max-items" in r.json()["message"]

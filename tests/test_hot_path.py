@@ -174,7 +174,7 @@ def test_a_worker_holds_more_only_while_its_batches_are_quick_and_times_out_clea
         unstarted: list[Job] = []
         w = WorkerProcess(WorkerSpec("m", Path("/tmp"), "h", response_timeout=5),
                           sock_dir=Path("/tmp"), gpu_id=None, threads=1, log_file=None,
-                          tasks=None,  # type: ignore[arg-type]  # never started here
+                          tasks=None, launcher=None,  # type: ignore[arg-type]  # never started
                           on_idle=lambda w: None, on_exit=lambda w, r: None)
         w._conn = _Conn()  # type: ignore[assignment]
         w.kill = lambda: None  # type: ignore[method-assign]

@@ -115,8 +115,12 @@ def test_stop_during_an_async_registration_writes_the_last_snapshot_last(tmp_pat
                              params={"url": "slow.mar", "initial_workers": 1,
                                      "synchronous": "false"}, timeout=30)
         assert resp.status_code == 202, resp.text
-        assert wait_until(lambda: any("slow" in " ".join(_cmdline(p)) for p in srv.worker_pids()),
-                          timeout=30), "the slow worker never started"
+        def loading() -> bool:
+            found = requests.get(f"{srv.management_url}/models/slow", timeout=10)
+            return found.status_code == 200 and any(
+                w["pid"] > 0 for w in found.json()[0]["workers"])
+
+        assert wait_until(loading, timeout=30), "the slow worker never started"
         started = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(timeout=60) == 0

@@ -181,7 +181,8 @@ def test_replies_that_overtake_the_running_batch_wait_for_it(tmp_path):
         idle = []
         worker = RayWorker(WorkerSpec("m", tmp_path, "h"), cluster=None, model=None,
                            placement=RayPlacement(), sock_dir=tmp_path, gpu_id=None,
-                           threads=1, log_file=None, tasks=None, on_idle=idle.append,
+                           threads=1, log_file=None, tasks=None, launcher=None,
+                           on_idle=idle.append,
                            on_exit=lambda w, reason: None)
         calls = []
         worker._actor = types.SimpleNamespace(predict=_Method(calls))

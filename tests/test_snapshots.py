@@ -131,6 +131,7 @@ def test_models_survive_sigkill_and_ncs_skips_the_restore(tmp_path, store):
         assert [w["status"] for w in v1["workers"]] == ["READY"]
         assert versions["2.0"]["workers"] == []
         assert describe(second, "/models/echo")[0]["modelVersion"] == "2.0"  # the default
+        assert "could not restore" not in (tmp_path / "logs" / "ts_log.log").read_text()
         [spare] = describe(second, "/models/spare")
         assert (spare["minWorkers"], spare["maxWorkers"], len(spare["workers"])) == (1, 2, 1)
         resp = call("POST", second.inference_url + "/predictions/echo/1.0", data=b"again")

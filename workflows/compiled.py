@@ -54,6 +54,47 @@ class ModelSpec:
     line: int | None = None
 
 
+REQUEST = "$request"  # an ``inputs`` source: the request as the start node saw it
+
+
+@dataclass(frozen=True)
+class InputEntry:
+    """One entry of a node's ``inputs``: ``source`` is $request or an ancestor; ``select`` an
+    optional JMESPath over the source's JSON."""
+
+    name: str
+    source: str
+    select: Any = None  # dagserve.workflows.expressions.Expression | None
+
+
+@dataclass(frozen=True)
+class NodeFlow:
+    """A node's ``nodes:`` entry, compiled (expressions parsed once)."""
+
+    when: Any = None  # Expression | None
+    foreach: Any = None  # Expression | None
+    max_items: int = 256
+    inputs: tuple[InputEntry, ...] = ()
+    on_error: str = "fail"  # "fail" | "skip" | "default"
+    default: Any = None  # the JSON value of on-error: {default: v}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.when is not None:
+            out["when"] = self.when.text
+        if self.foreach is not None:
+            out["foreach"] = self.foreach.text
+            out["maxItems"] = self.max_items
+        if self.inputs:
+            out["inputs"] = {e.name: e.source if e.select is None
+                             else {"from": e.source, "select": e.select.text}
+                             for e in self.inputs}
+        if self.on_error != "fail":
+            out["onError"] = self.on_error if self.on_error == "skip" \
+                else {"default": self.default}
+        return out
+
+
 @dataclass
 class CompiledWorkflow:
     """A validated workflow spec as a graph the scheduler can run.
@@ -76,6 +117,15 @@ class CompiledWorkflow:
     functions: list[str]
     global_settings: NodeSettings
     warnings: list[str] = field(default_factory=list)
+    flows: dict[str, NodeFlow] = field(default_factory=dict)  # nodes with a 'nodes:' entry
+    shared: dict[str, str] = field(default_factory=dict)  # node -> registered "name[/version]"
+    deadline_ms: int | None = None
+
+    @property
+    def uses_flow(self) -> bool:
+        """True when a request needs the general scheduler (conditions, foreach, inputs,
+        on-error or a deadline); TorchServe specs never do."""
+        return bool(self.flows) or self.deadline_ms is not None
 
     def kind(self, node: str) -> str:
         return str(self.graph.nodes[node]["kind"])
@@ -92,9 +142,14 @@ class CompiledWorkflow:
             entry: dict[str, Any] = {"kind": attrs["kind"]}
             if attrs["url"] is not None:
                 entry["url"] = attrs["url"]
-            entry["settings"] = attrs["settings"].to_json()
+            if node in self.shared:
+                entry["sharedModel"] = self.shared[node]
+            else:
+                entry["settings"] = attrs["settings"].to_json()
+            if node in self.flows:
+                entry.update(self.flows[node].to_json())
             nodes[node] = entry
-        return {
+        described: dict[str, Any] = {
             "name": self.name,
             "start": self.start,
             "leaves": list(self.leaves),
@@ -102,3 +157,23 @@ class CompiledWorkflow:
             "edges": [[a, b] for a, b in self.edges],
             "globalSettings": self.global_settings.to_json(),
         }
+        if self.flows or self.shared or self.deadline_ms is not None:
+            described.update(self._flow_summary())
+        return described
+
+    def _flow_summary(self) -> dict[str, Any]:
+        """The new keys at a glance: conditional nodes and the edges that may be skipped,
+        foreach nodes, inputs edges (each ``[source, node, entry]``), shared models,
+        deadline."""
+        summary: dict[str, Any] = {
+            "conditions": {n: f.when.text for n, f in self.flows.items() if f.when},
+            "conditionalEdges": [[a, b] for a, b in self.edges
+                                 if b in self.flows and self.flows[b].when],
+            "foreach": {n: f.foreach.text for n, f in self.flows.items() if f.foreach},
+            "inputsEdges": [[e.source, n, e.name] for n, f in self.flows.items()
+                            for e in f.inputs],
+            "sharedModels": dict(self.shared),
+        }
+        if self.deadline_ms is not None:
+            summary["deadlineMs"] = self.deadline_ms
+        return summary

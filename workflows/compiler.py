@@ -9,14 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import flow_rules
 from . import graph as dag_graph
 from . import schema, settings
 from .compiled import CompiledWorkflow
 from .errors import Problem, SpecError
-from .schema import DAG, MODELS
+from .schema import DAG, MODELS, NODES, WORKFLOW
 from .yaml_marks import LocatedDocument, load_located
 
-SECTIONS = (MODELS, DAG)
+SECTIONS = (MODELS, DAG, NODES, WORKFLOW)
 
 
 def load_spec(text: str, *, name: str = "workflow", source: str = "<spec>") -> CompiledWorkflow:
@@ -75,7 +76,8 @@ def compile_document(doc: LocatedDocument, *, name: str, source: str) -> Compile
         raise SpecError(sorted(problems, key=Problem.sort_key), source=source)
 
     warnings = [doc.problem((key,), f"unknown top-level key '{key}' is ignored (a spec has "
-                                    f"'models:' and 'dag:'"
+                                    f"'models:' and 'dag:', and may have 'nodes:' and "
+                                    f"'workflow:'"
                                     f"{_close(key, SECTIONS)})")
                 for key in data if key not in SECTIONS]
 
@@ -85,6 +87,8 @@ def compile_document(doc: LocatedDocument, *, name: str, source: str) -> Compile
     dag = data.get(DAG)
     shape = dag_graph.read_dag(dag if isinstance(dag, dict) else {})
     problems.extend(dag_graph.check(shape, resolved.models, doc))
+    flow = flow_rules.read_flow(data, doc, shape)
+    problems.extend(flow.problems)
 
     if problems:
         raise SpecError(sorted(problems, key=Problem.sort_key), source=source)
@@ -93,8 +97,12 @@ def compile_document(doc: LocatedDocument, *, name: str, source: str) -> Compile
     warnings.extend(doc.problem((MODELS, model), f"model '{model}' is declared but not used in "
                                                  "'dag:'; it will not be loaded")
                     for model in resolved.models if model not in used)
-    return _build(name, source, shape, resolved,
-                  [w.format(source) for w in sorted(warnings, key=Problem.sort_key)], doc)
+    compiled = _build(name, source, shape, resolved,
+                      [w.format(source) for w in sorted(warnings, key=Problem.sort_key)], doc,
+                      shared=flow.shared)
+    compiled.flows = flow.flows
+    compiled.deadline_ms = flow.deadline_ms
+    return compiled
 
 
 def _close(word: str, choices: tuple[str, ...]) -> str:
@@ -104,15 +112,15 @@ def _close(word: str, choices: tuple[str, ...]) -> str:
 
 def _build(name: str, source: str, shape: dag_graph.DagShape,
            resolved: settings.ResolvedSettings, warnings: list[str],
-           doc: LocatedDocument) -> CompiledWorkflow:
+           doc: LocatedDocument, shared: dict[str, str]) -> CompiledWorkflow:
     graph = dag_graph.build_graph(shape)
     for node in shape.nodes:
         model = resolved.models.get(node)
         position = doc.position(shape.first_seen[node])
         graph.nodes[node].update(
-            kind="model" if model else "function",
+            kind="shared" if node in shared else "model" if model else "function",
             settings=model.settings if model else resolved.global_settings,
-            url=model.url if model else None,
+            url=model.url if model and node not in shared else None,
             line=position[0] if position else None,
             col=position[1] if position else None,
         )
@@ -128,8 +136,9 @@ def _build(name: str, source: str, shape: dag_graph.DagShape,
         parents=parents,
         children=children,
         edges=list(shape.edges),
-        models={n: m for n, m in resolved.models.items() if n in graph},
+        models={n: m for n, m in resolved.models.items() if n in graph and n not in shared},
         functions=[n for n in shape.nodes if n not in resolved.models],
         global_settings=resolved.global_settings,
         warnings=warnings,
+        shared={n: m for n, m in shared.items() if n in graph},
     )

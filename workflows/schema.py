@@ -19,7 +19,10 @@ from .yaml_marks import LocatedDocument, Path
 
 MODELS = "models"
 DAG = "dag"
+NODES = "nodes"
+WORKFLOW = "workflow"
 URL = "url"
+SHARED = "model"  # under a model: a registered model the node shares
 
 
 @cache
@@ -56,6 +59,15 @@ def setting_defaults() -> dict[str, int]:
 
 def model_keys() -> list[str]:
     return list(schema()["$defs"]["model"]["properties"])
+
+
+def node_keys() -> list[str]:
+    """The keys a node may have under ``nodes:``."""
+    return list(schema()["$defs"]["node"]["properties"])
+
+
+def workflow_keys() -> list[str]:
+    return list(schema()["$defs"]["workflow"]["properties"])
 
 
 def validate(doc: LocatedDocument) -> list[Problem]:
@@ -101,6 +113,10 @@ def _translate(err: ValidationError, doc: LocatedDocument) -> Iterator[Problem]:
         yield from _models_problems(err, doc, path)
     elif path[0] == DAG:
         yield from _dag_problems(err, doc, path)
+    elif path[0] in (NODES, WORKFLOW):
+        from .node_schema import flow_problems  # the new sections' messages live there
+
+        yield from flow_problems(err, doc, path)
     else:  # the schema constrains nothing else; keep jsonschema's words rather than lose one
         yield doc.problem(path, f"{'.'.join(map(str, path))}: {err.message} ({kind})")
 
@@ -169,7 +185,8 @@ def _model_entry_problems(err: ValidationError, doc: LocatedDocument, path: Path
                           node=name)
     elif err.validator == "required":
         yield doc.problem(path, "model has no url (the .mar file name in the model store, "
-                                "or a URL)", node=name)
+                                "or a URL) and no 'model:' (a registered model to share)",
+                          node=name)
     elif err.validator == "additionalProperties":
         allowed = model_keys()
         for key in value:

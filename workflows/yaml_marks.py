@@ -47,6 +47,9 @@ class LocatedDocument:
     value_marks: dict[Path, Position] = field(default_factory=dict)
     key_marks: dict[Path, Position] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # scalars not written plain: path -> PyYAML style ('"', "'", '|', '>'); expressions use
+    # it to place a column inside the written text
+    scalar_styles: dict[Path, str] = field(default_factory=dict)
 
     def position(self, path: Path) -> Position | None:
         """Where the entry at ``path`` is written: its key for a mapping entry, else the value."""
@@ -94,6 +97,8 @@ class MarkedLoader(yaml.SafeLoader):
     def _build(self, node: yaml.Node, path: Path, active: frozenset[int]) -> Any:
         self._doc.value_marks[path] = _position(node.start_mark)
         if isinstance(node, yaml.ScalarNode):
+            if node.style:
+                self._doc.scalar_styles[path] = node.style
             return self.construct_object(node, deep=True)
         if id(node) in active:
             self._report(node, "a YAML alias refers to a node that contains it (recursive data)")

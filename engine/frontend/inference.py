@@ -32,7 +32,7 @@ from .responses import handler_response, json_response
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
 
-WorkflowRunner = Callable[[str, Request], Awaitable[Response]]
+WorkflowRunner = Callable[[str, Request, str | None], Awaitable[Response]]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 INFERENCE_METHODS = frozenset({"POST", "PUT"})
@@ -78,12 +78,14 @@ class InferenceRoutes:
         finally:
             mv.stats.count(status, time.perf_counter() - start)
 
-    async def wfpredict(self, request: web.BaseRequest, workflow: str) -> web.Response:
-        self.registry.workflow(workflow)  # 404 before reading the body
+    async def wfpredict(self, request: web.BaseRequest, workflow: str,
+                        version: str | None = None) -> web.Response:
+        # 404 before reading the body; the version found here is the one the request runs
+        entry = self.registry.workflow(workflow, version)
         if self.run_workflow is None:
             raise ResourceNotFoundError()
         req = Request(request["request_id"], await read_params(request), dict(request.headers))
-        return self._reply(await self.run_workflow(workflow, req))
+        return self._reply(await self.run_workflow(workflow, req, entry.version))
 
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
@@ -118,10 +120,11 @@ class InferenceRouter:
                 return partial(routes.predict, model=parts[2],
                                version=parts[3] if n == 4 else None,
                                explain=kind == "explanations")
-            if kind == "wfpredict" and n == 3 and parts[2]:
+            if kind == "wfpredict" and parts[2] and parts[-1]:
                 if method not in INFERENCE_METHODS:
                     return _not_allowed
-                return partial(routes.wfpredict, workflow=parts[2])
+                return partial(routes.wfpredict, workflow=parts[2],
+                               version=parts[3] if n == 4 else None)
         elif path == "/ping":
             return routes.ping if method in PING_METHODS else _not_allowed
         elif path == "/":

@@ -30,6 +30,7 @@ from ..errors import (
 from ..models import SERVER_VERSION, ModelManager, ModelOptions
 from ..registry import ModelVersion, Registry
 from ..tasks import TaskOwner
+from ..shared_models import workflows_using
 from ..workers.process import WorkerStartError
 from .params import (
     bool_param,
@@ -234,6 +235,10 @@ class ManagementRoutes:
         if mv.version == self.registry.default_version(name) and \
                 len(self.registry.versions(name)) > 1:
             raise ForbiddenError(f"Cannot remove default version for model {name}")
+        users = workflows_using(self.registry, mv)
+        if users:
+            raise ConflictError(f"Model {name} version {mv.version} is used by workflow(s) "
+                                f"{', '.join(users)} (model: nodes); unregister them first")
         await self.models.unregister(name, mv.version)
         self._persist()
         return status_message(f"Model \"{name}\" unregistered")

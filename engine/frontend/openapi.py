@@ -34,6 +34,9 @@ def inference_openapi() -> bytes:
         "/explanations/{model_name}": {"post": _op("Explanations", ["model_name"], True)},
         "/wfpredict/{workflow_name}": {m: _op("Run a workflow", ["workflow_name"], True)
                                        for m in ("post", "put")},
+        "/wfpredict/{workflow_name}/{workflow_version}": {
+            m: _op("Run one version of a workflow", ["workflow_name", "workflow_version"], True)
+            for m in ("post", "put")},
     }
     doc = {"openapi": "3.0.1",
            "info": {"title": "dagserve inference API", "version": SERVER_VERSION,

@@ -11,12 +11,12 @@ import itertools
 import logging
 import os
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Mapping, TextIO
 
 from ..errors import ServiceUnavailableError
 from ..tasks import TaskHandle, TaskOwner
 from .batch_queue import BatchQueue
-from .process import WorkerProcess, WorkerSpec, WorkerStartError
+from .process import Launcher, WorkerProcess, WorkerSpec, WorkerStartError
 
 log = logging.getLogger("dagserve.workers")
 
@@ -34,24 +34,37 @@ class DeviceAllocator:
         return next(self._next) % self.gpu_count if self.gpu_count > 0 else None
 
 
-def visible_gpu_count(configured: int | None) -> int:
+def visible_gpu_count(configured: int | None,
+                      environ: Mapping[str, str] | None = None,
+                      driver_dir: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """GPUs the workers may use: ``number_of_gpu`` when configured, else the NVIDIA driver's
+    GPUs (one folder each under ``driver_dir``), limited by ``CUDA_VISIBLE_DEVICES``.
+
+    Read without importing torch: the frontend never needs it (importing it cost seconds of
+    start-up and ~150 MiB), and CUDA must stay uninitialised in the processes that fork."""
     if configured is not None:
         return configured
     try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # torch missing or broken CUDA: serve on CPU
+        count = sum(1 for _ in driver_dir.iterdir())
+    except OSError:
         return 0
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [part.strip() for part in visible.split(",") if part.strip()]
+        if "-1" in ids:
+            ids = ids[:ids.index("-1")]
+        count = min(count, len(ids))
+    return count
 
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
-                 sock_dir: Path, log_file: TextIO | None, tasks: TaskOwner,
+                 sock_dir: Path, log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_metrics: Callable[[list[dict]], None] | None = None,
                  worker_factory: Callable[..., WorkerProcess] = WorkerProcess):
         self.spec = spec
         self.tasks = tasks
+        self.launcher = launcher
         self.worker_factory = worker_factory  # WorkerProcess, or a Ray actor's (ray_cluster)
         self.queue = queue
         self.devices = devices
@@ -86,8 +99,8 @@ class WorkerPool:
         worker = self.worker_factory(self.spec, sock_dir=self.sock_dir,
                                      gpu_id=self.devices.next(), threads=self._threads(),
                                      log_file=self.log_file, tasks=self.tasks,
-                                     on_idle=self._worker_idle, on_exit=self._on_exit,
-                                     on_metrics=self.on_metrics)
+                                     launcher=self.launcher, on_idle=self._worker_idle,
+                                     on_exit=self._on_exit, on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:
             await worker.start()

@@ -21,7 +21,6 @@ import itertools
 import logging
 import os
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ..errors import WorkerError
 from . import protocol
 from ..tasks import TaskOwner
 from .connection import WorkerConnection
+from .launch import ForkServerLauncher, SubprocessLauncher, WorkerHandle
 from .settings import WorkerSettings
 
 log = logging.getLogger("dagserve.workers")
@@ -56,6 +56,7 @@ class WorkerSpec:
     decode_input: bool = True
     config_file: str | None = None
     server_version: str = ""
+    uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
 
     def settings_for(self, socket: Path, gpu_id: int | None, threads: int) -> WorkerSettings:
         return WorkerSettings(
@@ -72,6 +73,9 @@ class Job:
     enqueued: float
 
 
+Launcher = ForkServerLauncher | SubprocessLauncher
+
+
 class WorkerStartError(Exception):
     """The worker could not load its handler (or did not say so in time)."""
 
@@ -80,12 +84,13 @@ class WorkerProcess:
     node_id: str | None = None  # the Ray node of a Ray worker (ray_worker.py); None: here
 
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
-                 log_file: TextIO | None, tasks: TaskOwner,
+                 log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_idle: Callable[["WorkerProcess"], None],
                  on_exit: Callable[["WorkerProcess", str], None],
                  on_metrics: Callable[[list[dict]], None] | None = None):
         self.spec = spec
         self._tasks = tasks
+        self._launcher = launcher
         self.id = str(next(_ids))
         self.gpu_id = gpu_id
         self.threads = threads
@@ -97,7 +102,7 @@ class WorkerProcess:
         self._on_idle = on_idle
         self._on_exit = on_exit
         self._on_metrics = on_metrics
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: WorkerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._conn: WorkerConnection | None = None
         self._ready: asyncio.Future | None = None
@@ -132,11 +137,9 @@ class WorkerProcess:
         self._server = await loop.create_unix_server(factory, path=str(self._sock_path))
         os.chmod(self._sock_path, 0o600)
         settings = self.spec.settings_for(self._sock_path, self.gpu_id, self.threads)
-        out = self._log_file if self._log_file is not None else asyncio.subprocess.DEVNULL
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "dagserve.engine.workers.main", "--settings", settings.to_json(),
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            cwd=str(self.spec.model_dir), start_new_session=True)
+        self._proc = await self._launcher.launch(settings, cwd=self.spec.model_dir,
+                                                 log_file=self._log_file,
+                                                 uses_torch=self.spec.uses_torch)
         self.pid = self._proc.pid
         self._tasks.spawn(self._watch_exit, name=f"exit watcher of worker {self.id}")
         try:

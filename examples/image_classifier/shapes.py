@@ -66,7 +66,7 @@ def _background(rng: random.Random, size: int) -> tuple[Image.Image, list[tuple[
     return image, [base]
 
 
-def _shape_colour(rng: random.Random, avoid: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+def shape_colour(rng: random.Random, avoid: list[tuple[int, int, int]]) -> tuple[int, int, int]:
     """A random colour far enough from every background colour to stay visible."""
     best, best_gap = (0, 0, 0), -1.0
     for _ in range(64):
@@ -143,19 +143,24 @@ def draw_sample(rng: random.Random, label: str | int, size: int = 128) -> Image.
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     image, background_colours = _background(rng, size)
-    colour = _shape_colour(rng, background_colours)
+    colour = shape_colour(rng, background_colours)
     radius = rng.uniform(0.2, 0.42) * size
     margin = radius + 1
     cx = rng.uniform(margin, size - margin)
     cy = rng.uniform(margin, size - margin)
-    draw = ImageDraw.Draw(image)
+    angle = 0.0 if name == "circle" else rng.uniform(0, 2 * math.pi)  # same draws as ever
+    draw_shape(ImageDraw.Draw(image), name, cx, cy, radius, angle, colour)
+    return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, name: str, cx: float, cy: float, radius: float,
+               angle: float, colour: tuple[int, int, int]) -> None:
+    """One filled shape of class ``name`` centred at (cx, cy), rotated by ``angle``."""
     if name == "circle":
         r = radius * 0.85  # a circle fills its box: keep its area close to the others'
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
     else:
-        angle = rng.uniform(0, 2 * math.pi)
-        draw.polygon(_rotated(_OUTLINES[name], angle, cx, cy, radius), fill=colour)
-    return image
+        draw.polygon(_rotated(_OUTLINES[label_name(name)], angle, cx, cy, radius), fill=colour)
 
 
 def to_tensor(image: Image.Image, size: int = MODEL_INPUT_SIZE):

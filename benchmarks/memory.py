@@ -1,0 +1,169 @@
+"""Memory per worker, with and without the fork server, and start-up to first inference.
+
+``python -m benchmarks.memory`` starts dagserve twice (``worker_fork_server=true`` and
+``false``), each time with the example CNN at 1 then 3 workers, the echo model and a 3-node
+echo workflow, and reads every process's RSS, PSS and USS (private pages) from
+``/proc/<pid>/smaps_rollup``. PSS splits shared pages between the processes sharing them;
+USS is what a process alone costs, i.e. what one more worker adds. Prints a Markdown table
+and writes ``benchmarks/out/memory.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .artifacts import build_artifacts, sample_image
+from .procstats import process_tree
+from .servers import Ports, ServerProcess, dagserve_command, free_ports, write_config
+
+OUT = Path(__file__).resolve().parent / "out"
+MIB = 1024 * 1024
+
+
+@dataclass
+class Memory:
+    rss: float  # MiB
+    pss: float
+    uss: float
+
+
+def smaps(pid: int) -> Memory | None:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb = {}
+    for line in text.splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            kb[key] = int(parts[0])
+    uss = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
+    return Memory(kb.get("Rss", 0) / 1024, kb.get("Pss", 0) / 1024, uss / 1024)
+
+
+def _cmd(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def classify(server_pid: int) -> dict[str, list[tuple[int, Memory]]]:
+    """The server's processes by role: frontend, fork server, workers."""
+    roles: dict[str, list[tuple[int, Memory]]] = {"frontend": [], "fork server": [],
+                                                  "workers": []}
+    for pid in process_tree(server_pid):
+        mem = smaps(pid)
+        if mem is None:
+            continue
+        cmd = _cmd(pid)
+        if pid == server_pid:
+            roles["frontend"].append((pid, mem))
+        elif _comm(pid) == "dagserve-worker" or "workers.main" in cmd:
+            roles["workers"].append((pid, mem))
+        elif "workers.zygote" in cmd:
+            roles["fork server"].append((pid, mem))
+    return roles
+
+
+def _total(items: list[tuple[int, Memory]]) -> Memory:
+    return Memory(sum(m.rss for _, m in items), sum(m.pss for _, m in items),
+                  sum(m.uss for _, m in items))
+
+
+def worker_pids(server: ServerProcess, model: str) -> list[int]:
+    reply = server._manage("GET", f"/models/{urllib.parse.quote(model)}", "describe")
+    return [w["pid"] for w in json.loads(reply.body)[0]["workers"]]
+
+
+def run_mode(fork_server: bool, work: Path) -> dict:
+    art = build_artifacts(work / "artifacts")
+    if art.cnn is None:
+        raise SystemExit(f"the example CNN is needed: {art.cnn_skip_reason}")
+    ports = Ports(*free_ports(3))
+    config = write_config(work / "config.properties", ports, art.store)
+    with config.open("a") as fh:
+        fh.write(f"worker_fork_server={'true' if fork_server else 'false'}\n")
+    server = ServerProcess("dagserve", dagserve_command(config, art.store, "echo=" + art.echo_mar),
+                           work / "run", ports)
+    server.start()
+    try:
+        startup = server.wait_first_inference("/predictions/echo", b"x" * 1024)
+        server.register_model("shapes", art.cnn.mar.name, batch_size=1, max_batch_delay_ms=5,
+                              workers=1)
+        image = sample_image()
+        since = time.perf_counter()
+        server.wait_first_inference("/predictions/shapes", image, since=since)
+        one = {pid: smaps(pid) for pid in worker_pids(server, "shapes")}
+        server._manage("PUT", "/models/shapes?min_worker=3&synchronous=true", "scale")
+        server.wait_first_inference("/predictions/shapes", image)
+        three = {pid: smaps(pid) for pid in worker_pids(server, "shapes")}
+        extra = [m for pid, m in three.items() if pid not in one and m is not None]
+        reply = server.register_workflow(art.chains[3], "chain3")
+        if reply.status != 200:
+            raise SystemExit(f"chain3: {reply.message()}")
+        server.wait_first_inference("/wfpredict/chain3", b"x" * 1024)
+        roles = classify(server.pid)
+        return {
+            "fork_server": fork_server,
+            "startup_to_first_inference_s": round(startup, 3),
+            "cnn_first_worker": asdict(next(iter(one.values()))),
+            "cnn_extra_workers": [asdict(m) for m in extra],
+            "frontend": asdict(_total(roles["frontend"])),
+            "fork_server_process": asdict(_total(roles["fork server"])),
+            "workers": len(roles["workers"]),
+            "all_workers": asdict(_total(roles["workers"])),
+            "whole_server": asdict(_total([x for r in roles.values() for x in r])),
+        }
+    finally:
+        server.stop()
+
+
+def table(results: list[dict]) -> str:
+    def cell(m: dict) -> str:
+        return f"{m['rss']:.0f} / {m['pss']:.0f} / {m['uss']:.0f}"
+
+    rows = ["| MiB (RSS / PSS / USS) | " + " | ".join(
+        "fork server" if r["fork_server"] else "one interpreter per worker" for r in results)
+        + " |", "|---|" + "---|" * len(results)]
+    rows.append("| CNN worker, the first | " + " | ".join(cell(r["cnn_first_worker"])
+                                                         for r in results) + " |")
+    rows.append("| CNN worker, each extra (mean) | " + " | ".join(
+        cell({k: sum(m[k] for m in r["cnn_extra_workers"]) / max(1, len(r["cnn_extra_workers"]))
+              for k in ("rss", "pss", "uss")}) for r in results) + " |")
+    rows.append("| fork server process | " + " | ".join(cell(r["fork_server_process"])
+                                                       for r in results) + " |")
+    rows.append("| frontend | " + " | ".join(cell(r["frontend"]) for r in results) + " |")
+    rows.append("| whole server: frontend + echo + 3 CNN + 3-node chain | " + " | ".join(
+        cell(r["whole_server"]) + f" ({r['workers']} workers)" for r in results) + " |")
+    rows.append("| start to first inference (echo), s | " + " | ".join(
+        f"{r['startup_to_first_inference_s']:.2f}" for r in results) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__)
+    parser.add_argument("--out", type=Path, default=OUT / "memory")
+    args = parser.parse_args(argv)
+    results = [run_mode(mode, args.out / ("fork" if mode else "spawn")) for mode in (True, False)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "memory.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
