@@ -103,6 +103,9 @@ class LocalRayCluster:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TS_"))}
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        tmp = self.workdir / "tmp"  # where the actors unpack their models
+        tmp.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmp)
         return env
 
     def _start(self, name: str, args: list[str]) -> RayNode:
