@@ -112,6 +112,8 @@ def frontends(cluster, tmp_path_factory):
     build_war(store, "chain", WORKFLOW_SPEC, WORKFLOW_HANDLER)
     build_mar(store, "nowhere", ECHO_HANDLER, config_yaml="ray:\n  resources: {c: 1}\n",
               extra_files={"greeting.txt": "-"})
+    build_mar(store, "badenv", ECHO_HANDLER, extra_files={"greeting.txt": "-"},
+              config_yaml="ray:\n  num_cpus: 0.25\n  runtime_env: {env_vars: {A: 1}}\n")
     # Both frontends start from the same configuration and store: the same registrations.
     config = {"ray_address": cluster.address, "models": MODELS,
               "load_models": "echo=echo.mar", "load_workflows": "chain.war",
@@ -184,6 +186,13 @@ def test_a_placement_no_node_can_take_fails_registration_clearly(frontends):
     assert "no live Ray node has 1 of resource 'c'" in reply.json()["message"], reply.text
     assert requests.get(f"{server.management_url}/models/nowhere",
                         timeout=HTTP_TIMEOUT).status_code == 404
+    # options Ray itself refuses
+    reply = requests.post(f"{server.management_url}/models",
+                          params={"url": "badenv.mar", "initial_workers": 1},
+                          timeout=HTTP_TIMEOUT)
+    assert reply.status_code == 500, reply.text
+    assert "Ray worker failed to start" in reply.json()["message"], reply.text
+    assert "runtime_env['env_vars'] must be of type" in reply.json()["message"], reply.text
 
 
 def test_scaling_adds_and_removes_actors(cluster, frontends):

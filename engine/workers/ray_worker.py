@@ -60,15 +60,22 @@ class RayWorker(WorkerProcess):
         from .ray_actor import ModelActor
 
         self._loop = asyncio.get_running_loop()
-        why = await asyncio.to_thread(self._cluster.missing, self._placement)
-        if why is not None:
-            raise WorkerStartError(f"cannot place a Ray worker of {self.spec.model_name}: {why}")
-        model = await self._model.ref()
-        # no socket: Ray carries the frames; the actor sets model_dir where it unpacks
-        settings = dataclasses.replace(
-            self.spec.settings_for(Path(), self.gpu_id, self.threads), socket="")
-        self._actor = ModelActor.options(**self._placement.actor_options()).remote(
-            model, settings)
+        try:
+            why = await asyncio.to_thread(self._cluster.missing, self._placement)
+            if why is not None:
+                raise WorkerStartError(f"cannot place a Ray worker of {self.spec.model_name}: "
+                                       f"{why}")
+            model = await self._model.ref()
+            # no socket: Ray carries the frames; the actor sets model_dir where it unpacks
+            settings = dataclasses.replace(
+                self.spec.settings_for(Path(), self.gpu_id, self.threads), socket="")
+            self._actor = ModelActor.options(**self._placement.actor_options()).remote(
+                model, settings)
+        except (WorkerStartError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the cluster refused (options, object
+            raise WorkerStartError(  # store full, connection lost): say why, in one line
+                f"Ray worker failed to start: {_first_line(exc)}") from None
         watch = self._wrap(self._actor.watch.remote())
         ready = self._wrap(self._actor.ready.remote())
         try:
