@@ -93,7 +93,7 @@ MODELS = {"chain__upper": {"1.0": {"ray": {"num_cpus": 0.25,
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("ray")
-    cluster = LocalRayCluster(work)
+    cluster = LocalRayCluster(work, num_cpus=4)  # logical CPUs: room for every actor
     try:
         cluster.start_head()
         cluster.add_node("b")
@@ -195,7 +195,7 @@ def test_a_placement_no_node_can_take_fails_registration_clearly(frontends):
     assert "runtime_env['env_vars'] must be of type" in reply.json()["message"], reply.text
 
 
-def test_scaling_adds_and_removes_actors(cluster, frontends):
+def test_scaling_models_and_workflows_adds_and_removes_actors(cluster, frontends):
     server = frontends[1]
     url = f"{server.management_url}/models/echo"
     reply = requests.put(url, params={"min_worker": 2, "synchronous": "true"},
@@ -209,6 +209,18 @@ def test_scaling_adds_and_removes_actors(cluster, frontends):
     assert len(worker_pids(server, "echo")) == 1
     gone = set(pids) - set(worker_pids(server, "echo"))
     assert wait_until(lambda: not any(pid_alive(p) for p in gone), 30, 0.2)
+    # a workflow's rescale: every node gets its actors, each on its node
+    url = f"{server.management_url}/workflows/chain"
+    reply = requests.put(url, params={"min_worker": 2, "max_worker": 2}, timeout=HTTP_TIMEOUT)
+    assert reply.status_code == 200, reply.text
+    for model, node in (("chain__upper", "a"), ("chain__echo", "b"), ("chain__suffix", "b")):
+        pids = worker_pids(server, model)
+        assert len(pids) == 2 and set(pids) <= set(cluster.nodes[node].worker_pids()), model
+    assert predict(server, "wfpredict/chain", "x").text == "hello from the archive X!"
+    reply = requests.put(url, params={"min_worker": 1, "max_worker": 1}, timeout=HTTP_TIMEOUT)
+    assert reply.status_code == 200, reply.text
+    assert [len(worker_pids(server, m)) for m in ("chain__upper", "chain__echo",
+                                                  "chain__suffix")] == [1, 1, 1]
 
 
 def test_killed_node_workers_fail_fast_then_come_back(cluster, frontends, tmp_path):
