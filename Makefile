@@ -7,10 +7,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
+ALIASES_STAMP := $(VENV)/.aliases-installed
 RAY_STAMP := $(VENV)/.ray-installed
 PORT_ARGS ?=
 
-.PHONY: setup setup-examples test serve examples bench clean
+.PHONY: setup setup-examples test faults fuzz serve examples bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +21,19 @@ $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install -q -e '.[dev,fast]'
 	touch $@
 
-setup: $(STAMP)
+# torchserve / torch-model-archiver / torch-workflow-archiver as aliases (a real
+# TorchServe's scripts are never replaced)
+$(ALIASES_STAMP): $(STAMP)
+	$(VENV)/bin/dagserve install-aliases
+	touch $@
+
+setup: $(STAMP) $(ALIASES_STAMP)
 
 $(EXAMPLES_STAMP): $(STAMP)
 	$(PIP) install -q -e '.[examples]' || echo "examples extra not installed: the text workflow is skipped"
 	touch $@
 
-setup-examples: $(EXAMPLES_STAMP)
+setup-examples: $(EXAMPLES_STAMP) $(ALIASES_STAMP)
 
 # Ray is optional (dagserve[ray]); without it tests/test_ray_cluster.py is skipped.
 $(RAY_STAMP): $(STAMP)
@@ -34,7 +41,21 @@ $(RAY_STAMP): $(STAMP)
 	touch $@
 
 test: setup-examples $(RAY_STAMP)
+	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl) \
+		|| echo "openssl missing: the TLS tests are skipped"
 	$(PY) -m pytest -q
+
+# The fault suite alone (also part of `make test`), writing the figures of docs/reliability.md.
+FAULT_REPORT ?= logs/fault-report.jsonl
+faults: setup
+	mkdir -p $(dir $(FAULT_REPORT)) && rm -f $(FAULT_REPORT)
+	DAGSERVE_FAULT_REPORT=$(FAULT_REPORT) $(PY) -m pytest -q tests/faults tests/fuzz
+	$(PY) tests/faults/report.py $(FAULT_REPORT)
+
+# Schema-driven fuzzing of the REST APIs, longer than the suite's run (zero 5xx allowed).
+FUZZ_EXAMPLES ?= 150
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/fuzz
 
 examples: setup-examples
 	$(PY) examples/build.py --model-store model_store --workflow-store wf_store

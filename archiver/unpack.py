@@ -14,7 +14,11 @@ Refused, with an ArchiveError naming the reason: absolute paths, ``..`` componen
 symlinks, tar symlinks or hard links that resolve outside the target, device files and
 other special entries, encrypted zip entries, more than ``max_files`` entries, more than
 ``max_total_bytes`` of content (declared sizes are checked first and the bytes actually
-written are counted, since headers can lie).  Extraction happens in a temporary
+written are counted, since headers can lie), and content that expands more than
+``max_ratio`` times (a zip entry over its compressed size, or everything written over the
+archive's size; only past ``RATIO_FLOOR`` bytes, so small files of zeros stay fine).
+The server passes its ``max_archive_size``, ``max_archive_entries`` and
+``max_archive_ratio`` settings.  Extraction happens in a temporary
 directory next to ``dest`` that is renamed to ``dest`` only on success, so a failure
 leaves nothing behind.
 """
@@ -36,8 +40,10 @@ from typing import IO
 
 from dagserve.archiver.errors import ArchiveError
 
-DEFAULT_MAX_TOTAL_BYTES = 4 * 1024**3
-DEFAULT_MAX_FILES = 100_000
+DEFAULT_MAX_TOTAL_BYTES = 1024**3
+DEFAULT_MAX_FILES = 10_000
+DEFAULT_MAX_RATIO = 100
+RATIO_FLOOR = 1 << 20  # expansion is judged only past this many bytes
 _CHUNK = 1 << 20
 _CONTAINER_DIRS = frozenset({"MAR-INF", "WAR-INF"})
 
@@ -48,6 +54,7 @@ def unpack(
     *,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
 ) -> Path:
     """Extract (or copy) ``src`` into the new directory ``dest`` and return ``dest``.
 
@@ -65,7 +72,8 @@ def unpack(
         raise ArchiveError(f"destination {dest} is inside the directory being copied: {src}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".unpacking", dir=dest.parent))
     try:
-        budget = _Budget(src, max_total_bytes, max_files)
+        budget = _Budget(src, max_total_bytes, max_files,
+                         None if src.is_dir() else max_ratio * max(src.stat().st_size, 1))
         if src.is_dir():
             _copy_tree(_unwrap(src), tmp, budget)
         else:
@@ -88,10 +96,12 @@ def unpack(
 class _Budget:
     """Counts entries and bytes against the limits."""
 
-    def __init__(self, src: Path, max_total_bytes: int, max_files: int) -> None:
+    def __init__(self, src: Path, max_total_bytes: int, max_files: int,
+                 max_expanded: float | None = None) -> None:
         self.src = src
         self.max_bytes = max_total_bytes
         self.max_files = max_files
+        self.max_expanded = max_expanded  # bytes the archive may expand to (ratio limit)
         self.files = 0
         self.declared = 0
         self.written = 0
@@ -114,6 +124,18 @@ class _Budget:
             raise ArchiveError(
                 f"{self.src}: too large: expands to more than the limit of {self.max_bytes} bytes"
             )
+        if self.max_expanded is not None and self.written > max(self.max_expanded, RATIO_FLOOR):
+            raise ArchiveError(f"{self.src}: expands more than the compression ratio limit allows "
+                               f"(over {int(self.max_expanded)} bytes)")
+
+    def check_ratio(self, name: str, size: int, compressed: int) -> None:
+        """One zip entry: refuse it before writing when it expands past the ratio."""
+        if self.max_expanded is None or size <= RATIO_FLOOR:
+            return
+        ratio = self.max_expanded / max(self.src.stat().st_size, 1)
+        if size > ratio * max(compressed, 1):
+            raise ArchiveError(f"{self.src}: entry {name!r} expands {size // max(compressed, 1)} "
+                               f"times, over the compression ratio limit of {ratio:g}")
 
 
 # ---- names ---------------------------------------------------------------------------------
@@ -185,6 +207,8 @@ def _extract_zip(src: Path, root: Path, budget: _Budget) -> None:
             infos = zf.infolist()
             budget.count(len(infos))
             budget.declare(sum(info.file_size for info in infos))
+            for info in infos:
+                budget.check_ratio(info.filename, info.file_size, info.compress_size)
             for info in infos:
                 _extract_zip_entry(zf, info, src, root, budget)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError) as exc:

@@ -29,6 +29,8 @@ from .errors import ConfigError, DagserveError
 from .pidfile import (  # noqa: F401 - the pid file functions are part of the CLI's API
     AlreadyRunning, PidRecord, is_alive, pid_file_path, proc_stat, process_start_time,
     read_pid_file, remove_pid_file, running_server, write_pid_file)
+from .system_metrics import read_metrics_config
+from .tls import server_ssl_context
 
 STARTED_LINE = "Model server started."
 STDOUT_LOG = "ts_stdout.log"
@@ -116,6 +118,9 @@ def validate(cfg: Config) -> None:
                               f"{', '.join(local)}")
     if cfg.workflow_store is None and cfg.load_workflows:
         raise ConfigError("--workflow-store (or --model-store) is required to load workflows")
+    server_ssl_context(cfg)  # an https address must be servable over TLS
+    if cfg.metrics_config is not None:
+        read_metrics_config(cfg.metrics_config)
 
 
 # ---- actions --------------------------------------------------------------------------------
@@ -305,6 +310,10 @@ def _children(pid: int) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["install-aliases"]:
+        from .aliases import main as install_aliases
+
+        return install_aliases(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already explained
@@ -322,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.foreground:
         return run_foreground(cfg)
+    for warning in cfg.startup_warnings:  # the detached server logs it to ts_log.log
+        _err(f"WARNING: {warning}")
     # --start, or no action at all (TorchServe starts the server then, too).
     return start_background(cfg, argv)
 

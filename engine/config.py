@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .config_sources import (config_file_path, env_overrides, log_locations,
+                             substitute_env)
 from .errors import ConfigError
 from .properties import parse_properties
+from .ts_catalogue import startup_warning
 
 DEFAULT_ALLOWED_URLS = ("file://.*|http(s)?://.*",)
 
@@ -33,6 +37,12 @@ class Config:
     default_startup_timeout: int = 120  # seconds
     max_request_size: int = 6553500
     max_response_size: int = 6553500
+    # archives a registration may unpack (dagserve's keys; TorchServe has none)
+    max_archive_size: int = 1 << 30  # bytes of content
+    max_archive_entries: int = 10_000
+    max_archive_ratio: int = 100  # content bytes per archive byte (zip bombs)
+    request_header_timeout: int = 30  # seconds for a request's headers to arrive (slowloris)
+    request_body_timeout: int = 60  # seconds for its body to arrive after them
     allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
     enable_model_api: bool = False
     disable_token_authorization: bool = False
@@ -54,6 +64,20 @@ class Config:
     plugins_path: Path | None = None
     log_config: Path | None = None
     config_file: Path | None = None
+    metrics_dir: Path = Path("logs")
+    certificate_file: Path | None = None
+    private_key_file: Path | None = None
+    blacklist_env_vars: str | None = None
+    unregister_model_timeout: int = 120  # seconds
+    limit_max_image_pixels: bool = True
+    default_service_handler: str | None = None
+    enable_metrics_api: bool = True
+    disable_system_metrics: bool = False
+    metrics_config: Path | None = None
+    metric_time_interval: int = 60  # seconds
+    token_expiration_min: float = 60.0
+    model_snapshot: str | None = None
+    startup_warnings: tuple[str, ...] = ()
     ray_address: str | None = None  # auto, host:port or ray://host:port: workers on Ray
 
     @property
@@ -65,14 +89,20 @@ class Config:
 
 
 _BOOL_KEYS = {"enable_model_api", "disable_token_authorization", "decode_input_request",
-              "install_py_dep_per_model", "enable_envvars_config", "worker_fork_server"}
+              "install_py_dep_per_model", "enable_envvars_config", "limit_max_image_pixels",
+              "enable_metrics_api", "disable_system_metrics", "use_env_allowed_urls",
+              "worker_fork_server"}
 _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_timeout",
              "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
-             "max_batch_delay", "number_of_gpu"}
+             "max_batch_delay", "number_of_gpu", "unregister_model_timeout",
+             "metric_time_interval", "max_archive_size", "max_archive_entries",
+             "max_archive_ratio", "request_header_timeout", "request_body_timeout"}
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
              "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
-             "ray_address"}
-_PATH_KEYS = {"model_store", "workflow_store", "plugins_path"}
+             "blacklist_env_vars", "default_service_handler", "model_snapshot", "ray_address"}
+_PATH_KEYS = {"model_store", "workflow_store", "plugins_path", "certificate_file",
+              "private_key_file", "metrics_config"}
+_READ_ONLY_BOOLS = {"enable_envvars_config", "use_env_allowed_urls"}  # steer loading only
 _LIST_KEYS = {"load_models", "load_workflows"}
 
 
@@ -92,6 +122,22 @@ def _parse_int(key: str, value: str) -> int:
         raise ConfigError(f"{key} must be an integer, got {value!r}") from None
 
 
+def _check_regex(key: str, value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{key} is not a valid regular expression: {exc}") from None
+
+
+def _check_json_object(key: str, value: str) -> None:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{key} must be JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{key} must be a JSON object")
+
+
 def _split_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.replace(" ", ",").split(",") if v.strip())
 
@@ -101,11 +147,16 @@ def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Confi
     changes: dict[str, Any] = {}
     for key, value in props.items():
         if key in _BOOL_KEYS:
-            if key != "enable_envvars_config":
-                changes[key] = _parse_bool(key, value)
+            parsed = _parse_bool(key, value)
+            if key not in _READ_ONLY_BOOLS:
+                changes[key] = parsed
         elif key in _INT_KEYS:
             changes[key] = _parse_int(key, value)
         elif key in _STR_KEYS:
+            if key == "blacklist_env_vars":
+                _check_regex(key, value)
+            elif key == "model_snapshot":
+                _check_json_object(key, value)
             changes[key] = value
         elif key in _PATH_KEYS:
             changes[key] = (base / value).resolve() if value else None
@@ -113,6 +164,11 @@ def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Confi
             changes[key] = _split_list(value)
         elif key == "allowed_urls":
             changes[key] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif key == "token_expiration_min":
+            try:
+                changes[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number of minutes, got {value!r}") from None
         elif key == "models":
             try:
                 changes[key] = json.loads(value) if value else {}
@@ -121,19 +177,14 @@ def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Confi
     return replace(cfg, **changes)
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
-    """``TS_<KEY>`` variables as properties (``TS_JOB_QUEUE_SIZE`` -> ``job_queue_size``)."""
-    return {k[3:].lower(): v for k, v in environ.items() if k.startswith("TS_") and len(k) > 3}
-
-
 def load_config(*, config_file: Path | None = None, environ: Mapping[str, str] | None = None,
                 workdir: Path | None = None, **flags: Any) -> Config:
     """Build the Config. ``flags`` are CLI values; ``None`` means "not given"."""
     environ = os.environ if environ is None else environ
     workdir = (workdir or Path.cwd()).resolve()
-    cfg = Config(workdir=workdir, log_dir=workdir / "logs")
-    if config_file is None and environ.get("TS_CONFIG_FILE"):
-        config_file = Path(environ["TS_CONFIG_FILE"])
+    log_dir, metrics_dir = log_locations(environ, workdir)
+    cfg = Config(workdir=workdir, log_dir=log_dir, metrics_dir=metrics_dir)
+    config_file = config_file_path(config_file, environ, workdir)
     props: dict[str, str] = {}
     if config_file is not None:
         path = Path(config_file)
@@ -141,10 +192,17 @@ def load_config(*, config_file: Path | None = None, environ: Mapping[str, str] |
             props = parse_properties(path.read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        props = substitute_env(props, environ)
         cfg = replace(cfg, config_file=path.resolve())
         cfg = apply_properties(cfg, props, path.resolve().parent)
     if _parse_bool("enable_envvars_config", props.get("enable_envvars_config", "false")):
-        cfg = apply_properties(cfg, env_overrides(environ), workdir)
+        allow_urls = _parse_bool("use_env_allowed_urls",
+                                 props.get("use_env_allowed_urls", "false"))
+        overrides = env_overrides(environ, allow_urls=allow_urls)
+        cfg = apply_properties(cfg, overrides, workdir)
+        props = {**props, **overrides}
+    warning = startup_warning(props)
+    cfg = replace(cfg, startup_warnings=(warning,) if warning else ())
     given = {k: v for k, v in flags.items() if v is not None}
     for key in ("model_store", "workflow_store", "log_config", "plugins_path"):
         if key in given:
@@ -170,7 +228,7 @@ def startup_entries(items: tuple[str, ...], store: Path | None,
     (name or None, url) pairs: ``name=url`` or ``url``; ``all`` = every archive in ``store``."""
     entries: list[tuple[str | None, str]] = []
     for item in items:
-        if item == "all":
+        if item.lower() == "all":  # TorchServe: ALL, any case
             if store is not None and store.is_dir():
                 entries += [(None, p.name) for p in sorted(store.iterdir()) if is_archive(p)]
             continue

@@ -281,11 +281,22 @@ def setup_logging(cfg: "Config", *, access_max_lines: int = 1000,
     logs = Logs(log_dir=log_dir,
                 access=AccessLog(log_dir / ACCESS_LOG, access_max_lines, flush_interval_s),
                 model=ModelLog(log_dir / MODEL_LOG, access_max_lines, flush_interval_s),
-                metrics=MetricsLog(log_dir, access_max_lines, flush_interval_s),
+                metrics=MetricsLog(_made(Path(getattr(cfg, "metrics_dir", log_dir))),
+                                   access_max_lines, flush_interval_s),
                 handlers=handlers, logger=logger)
     if cfg.log_config is not None:
         _apply_log_config(Path(cfg.log_config), logger)
     return logs
+
+
+def _made(directory: Path) -> Path:
+    """``METRICS_LOCATION``: the metrics logs' directory, created like the log directory."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create metrics directory {directory}: "
+                          f"{exc.strerror}") from None
+    return directory
 
 
 def _apply_log_config(path: Path, logger: logging.Logger) -> None:

@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .registry import ModelVersion, Registry
 from .tasks import TaskHandle, TaskOwner
 
-log = logging.getLogger("dagserve.metrics")
+logger = logging.getLogger("dagserve.metrics")
 
 # Per model version, at most this many distinct handler metric series are kept (a handler
 # that puts a request id in a dimension must not grow the server without bound).
@@ -141,7 +141,7 @@ class MetricsCollector(Collector):
                 store[key] = [value, 1, value]
             elif (mv.name, mv.version) not in self._dropped_warned:
                 self._dropped_warned.add((mv.name, mv.version))
-                log.warning("model %s version %s sends more than %d distinct metric series; "
+                logger.warning("model %s version %s sends more than %d distinct metric series; "
                             "further ones are not exported", mv.name, mv.version,
                             MAX_HANDLER_SERIES)
 

@@ -20,8 +20,10 @@ from .errors import BadRequestError, ConflictError, InternalServerError
 from .handler.model_config import load_model_config, model_config_name
 from .intake import ArchiveIntake
 from .registry import ModelVersion, Registry
+from .model_config_keys import model_config_settings
 from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
+from .workers.devices import DeviceConfigError, ModelDevices
 from .workers.pool import DeviceAllocator, WorkerPool
 from .workers.process import Launcher, WorkerProcess, WorkerSpec, WorkerStartError
 from .workers.ray_placement import ray_placement
@@ -182,13 +184,13 @@ class ModelManager:
         def pick(value, *keys, default):
             if value is not None:
                 return value
-            for src in (per_model, acfg):
+            for src in (acfg, per_model):  # API > model-config.yaml > config.properties
                 for k in keys:
                     if k in src:
                         return int(src[k])
             return default
 
-        handler = opts.handler or handler or ""
+        handler = opts.handler or handler or self.cfg.default_service_handler or ""
         if not handler:
             raise BadRequestError(f"Model archive {url} names no handler")
         batch_size = pick(opts.batch_size, "batchSize", default=self.cfg.batch_size)
@@ -201,17 +203,24 @@ class ModelManager:
         if batch_size < 1 or delay < 0 or min_workers < 0 or max_workers < min_workers:
             raise BadRequestError("batch_size must be >= 1, max_batch_delay >= 0 and "
                                   "0 <= min workers <= max workers")
+        try:
+            extra = model_config_settings(acfg, name, self.cfg.job_queue_size)
+            devices = ModelDevices(self.devices, extra.device_type, extra.device_ids, name)
+        except DeviceConfigError as exc:
+            raise BadRequestError(f"Invalid model config of {name}: {exc}") from None
         spec = WorkerSpec(model_name=name, model_dir=model_dir, handler=handler,
                           batch_size=batch_size, response_timeout=rt, startup_timeout=st,
                           decode_input=self.cfg.decode_input_request,
                           server_version=SERVER_VERSION,
+                          limit_max_image_pixels=self.cfg.limit_max_image_pixels,
+                          max_retry_timeout_s=extra.max_retry_timeout_s,
                           uses_torch=_uses_torch(model_dir, raw, handler))
-        queue = BatchQueue(name, batch_size, self.cfg.job_queue_size, max_batch_delay_ms=delay)
+        queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         placement = ray_placement(acfg, per_model, name)  # checked even without Ray
         factory = WorkerProcess if self.ray is None else \
             self.ray.worker_factory(model_dir, placement)
-        pool = WorkerPool(spec, queue, devices=self.devices, sock_dir=self.sock_dir,
+        pool = WorkerPool(spec, queue, devices=devices, sock_dir=self.sock_dir,
                           log_file=self.model_log, tasks=self.tasks, launcher=self.launcher,
                           on_metrics=lambda m: self.on_metrics(mv_holder[0], m),
                           worker_factory=factory)
@@ -239,7 +248,7 @@ class ModelManager:
                                 f"unregister the workflow instead")
         self.registry.remove(mv.name, mv.version)
         try:
-            await mv.pool.close()
+            await mv.pool.close(grace_s=0 if force else self.cfg.unregister_model_timeout)
         finally:
             if mv.owns_dir:
                 shutil.rmtree(mv.model_dir, ignore_errors=True)

@@ -13,8 +13,10 @@ concurrency: its nodes run one after another in the request's own task, with the
 timeout, retry and failure semantics, and without a task group per request.
 
 The timeout of an attempt is a timer on the attempt's job future: when it fires it cancels
-the future (the queue skips a cancelled job; a late result is dropped) and the attempt
-counts as timed out. That is what a cancel scope around the wait did, for a fraction of its
+the future (the queue skips a cancelled job; a late result is dropped), the worker running
+it is interrupted when nobody else waits for its batch (``WorkerPool.abandon``: the worker is
+free for the next attempt or request, see docs/reliability.md) and the attempt counts as
+timed out. That is what a cancel scope around the wait did, for a fraction of its
 cost on every node call; cancellation from outside (a failed sibling branch, the server
 stopping) still reaches the waiting task as usual.
 """
@@ -121,9 +123,10 @@ def merged_response(leaves, outputs: dict[str, Response]) -> Response:
     return Response("", 200, json.dumps(merged, indent=2).encode(), "application/json")
 
 
-def _expire(future: asyncio.Future, expired: list) -> None:
+def _expire(future: asyncio.Future, expired: list, pool) -> None:
     if future.cancel():
         expired.append(True)
+        pool.abandon(future)  # free the worker if it runs nothing else anybody waits for
 
 
 def _cancelled_from_outside() -> bool:
@@ -140,15 +143,17 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
         if attempt:
             await anyio.sleep(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
         expired: list = []
-        timer = None
+        timer = future = None
         started = loop.time()
         try:
             target.pool.check_can_serve()
             future = target.queue.submit(Request(request.id, params, request.headers))
-            timer = loop.call_later(plan.timeout_s, _expire, future, expired)
+            timer = loop.call_later(plan.timeout_s, _expire, future, expired, target.pool)
             resp: Response = await future
         except asyncio.CancelledError:
             if not expired or _cancelled_from_outside():
+                if future is not None and future.cancelled():  # a deadline, a failed sibling
+                    target.pool.abandon(future)
                 raise
             last, status = f"timed out after {plan.timeout_s * 1000:g} ms", 500
             target.stats.count(504, loop.time() - started)

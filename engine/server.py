@@ -16,12 +16,15 @@ from aiohttp import web
 from .auth import make_auth_middleware
 from .config import Config, split_address
 from .errors import DagserveError
+from .frontend.http_guard import guard
 from .frontend.inference import build_inference_server
 from .frontend.management import build_management_app
 from .frontend.metrics_api import build_metrics_app
 from .frontend.middleware import make_common_middleware
+from .redact import server_redactor
 from .runtime import Runtime
 from .tasks import TaskOwner
+from .tls import context_for, server_ssl_context
 
 log = logging.getLogger("dagserve.server")
 
@@ -55,24 +58,30 @@ class Frontends:
     async def start(self) -> None:
         rt, cfg = self.runtime, self.runtime.cfg
         # every response counts in Requests2XX/4XX/5XX and goes to the access log
-        common = make_common_middleware(rt.metrics.counting(rt.logs.access), cors_headers(cfg))
+        common = make_common_middleware(rt.metrics.counting(rt.logs.access), cors_headers(cfg),
+                                        server_redactor(cfg, rt.work_dir))
         auth = {} if rt.keys is None else \
             {kind: [make_auth_middleware(rt.keys, kind)] for kind in ("inference", "management")}
         inference = build_inference_server(
             rt.registry, middlewares=[common, *auth.get("inference", [])],
             max_request_size=cfg.max_request_size, run_workflow=rt.workflows.run,
-            max_response_size=cfg.max_response_size, access_log=None)
+            max_response_size=cfg.max_response_size, readiness=rt.readiness,
+            access_log=None)
         management = build_management_app(rt, middlewares=[common, *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
             (cfg.inference_address, web.ServerRunner(inference, handle_signals=False)),
-            (cfg.management_address, _app_runner(management)),
-            (cfg.metrics_address, _app_runner(build_metrics_app(rt.metrics,
-                                                                middlewares=[common])))]
+            (cfg.management_address, _app_runner(management))]
+        if cfg.enable_metrics_api:  # TorchServe's key: false leaves the port closed
+            runners.append((cfg.metrics_address,
+                            _app_runner(build_metrics_app(rt.metrics, middlewares=[common]))))
+        ssl_context = server_ssl_context(cfg)  # https:// addresses: TLS, never plain HTTP
         for address, runner in runners:
             host, port = split_address(address)
             await runner.setup()
+            guard(runner.server, cfg.request_header_timeout, cfg.request_body_timeout)
             self.runners.append(runner)
-            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True,
+                              ssl_context=context_for(address, ssl_context)).start()
 
     async def stop(self) -> None:
         for runner in self.runners:

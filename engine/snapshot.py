@@ -209,6 +209,18 @@ class SnapshotManager:
             self._restoring = False
         return restored > 0
 
+    async def restore_text(self, model_snapshot: str, models: ModelManager) -> bool:
+        """The ``model_snapshot`` JSON of config.properties (TorchServe restores it instead
+        of loading ``load_models``); config.py has checked that it is a JSON object."""
+        log.info("restoring the model_snapshot of config.properties")
+        saved = json.loads(model_snapshot)
+        self._restoring = True
+        try:
+            restored = await self._restore_models(models, saved.get("models") or {})
+        finally:
+            self._restoring = False
+        return restored > 0
+
     async def _restore_models(self, manager: ModelManager, models: Any) -> int:
         if not isinstance(models, dict):
             log.error("model_snapshot.models is not an object; no model restored")

@@ -58,7 +58,8 @@ class WorkflowManager:
     # -- registration ---------------------------------------------------------------------
 
     async def register(self, url: str, name: str | None = None,
-                       version: str | None = None) -> WorkflowEntry:
+                       version: str | None = None,
+                       response_timeout: int | None = None) -> WorkflowEntry:
         version = version or DEFAULT_WORKFLOW_VERSION
         wf_dir, manifest = await self.models.intake.receive(
             url, self.cfg.workflow_store, read_workflow_manifest, "workflow")
@@ -71,7 +72,8 @@ class WorkflowManager:
         try:
             compiled = self._compile(wf_dir, manifest, name, Path(url).name)
             shared = resolve_shared(self.registry, name, compiled.shared)
-            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler, version)
+            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler, version,
+                                            response_timeout)
         except BaseException:
             self.registry.release_workflow(name, version)
             shutil.rmtree(wf_dir, ignore_errors=True)
@@ -105,7 +107,8 @@ class WorkflowManager:
         return compiled
 
     async def _start_nodes(self, name: str, compiled: CompiledWorkflow, wf_dir: Path,
-                           handler: str, version: str) -> dict[str, ModelVersion]:
+                           handler: str, version: str, response_timeout: int | None = None,
+                           ) -> dict[str, ModelVersion]:
         started: dict[str, ModelVersion] = {}
 
         async def start(node: str) -> None:
@@ -115,7 +118,8 @@ class WorkflowManager:
                                 max_batch_delay=settings.max_batch_delay_ms,
                                 initial_workers=max(1, settings.min_workers),
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
-                                owner=name, version=version)
+                                response_timeout=response_timeout, owner=name,
+                                version=version)
             if compiled.graph.nodes[node]["kind"] == "model":
                 mv = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)

@@ -415,3 +415,32 @@ def test_destination_inside_the_copied_directory(inputs: Path):
         unpack(inputs, inputs / "extra" / "copy")
     assert not (inputs / "extra" / "copy").exists()
     assert sorted(os.listdir(inputs / "extra")) == [".env", "vocab"]
+
+
+def test_default_limits_are_safe():
+    """Issue 17: 1 GiB and 10,000 entries by default (were 4 GiB and 100,000)."""
+    from dagserve.archiver.unpack import DEFAULT_MAX_RATIO
+
+    assert dagserve.archiver.DEFAULT_MAX_TOTAL_BYTES == 1024**3
+    assert dagserve.archiver.DEFAULT_MAX_FILES == 10_000
+    assert DEFAULT_MAX_RATIO == 100
+
+
+def test_zip_entry_over_the_compression_ratio_is_refused_before_writing(tmp_path: Path, work: Path):
+    src = make_zip(tmp_path / "bomb.mar", [("zeros", b"\0" * (4 << 20))])  # ~1000:1
+    refused(src, work, "over the compression ratio limit of 100")
+    assert unpack(src, work / "ok", max_ratio=2000).is_dir()
+
+
+def test_small_compressible_files_pass_the_ratio_limit(tmp_path: Path, work: Path):
+    src = make_zip(tmp_path / "ok.mar", [(f"z{i}", b"\0" * 100_000) for i in range(5)])
+    assert unpack(src, work / "ok").is_dir()
+
+
+def test_tgz_expanding_past_the_ratio_is_refused(tmp_path: Path, work: Path):
+    path = tmp_path / "bomb.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("m/zeros")
+        info.size = 4 << 20
+        tar.addfile(info, io.BytesIO(b"\0" * info.size))
+    refused(path, work, "compression ratio limit")

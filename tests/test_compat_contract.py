@@ -451,22 +451,27 @@ def test_model_scaled_to_zero_has_no_worker(main):
         assert ping(main).status_code == 200  # 0 workers is its minimum: healthy
 
 
-# -- §7: /ping is Unhealthy while a model lacks its minimum workers --------------------------------
+# -- §7 (issue 17): /ping is liveness; ?ready=true reports a model short of its workers --------------
 
-def test_ping_unhealthy_while_a_model_lacks_workers(main):
+def test_ping_stays_healthy_while_a_model_lacks_workers_and_readiness_says_so(main):
     with model(main, "relapse.mar", "relapse", initial_workers=1):
         assert ping(main).status_code == 200
+        assert infer(main, "GET", "/ping", params={"ready": "true"}).status_code == 200
         [d] = mgmt(main, "GET", "/models/relapse").json()
         [worker] = d["workers"]
         os.kill(worker["pid"], signal.SIGKILL)
-        assert wait_until(lambda: ping(main).status_code == 500, 15)
+        ready = lambda: infer(main, "GET", "/ping", params={"ready": "true"})  # noqa: E731
+        assert wait_until(lambda: ready().status_code == 503, 15)
+        body = ready().json()
+        assert body["status"] == "Not Ready"
+        assert [m["modelName"] for m in body["loading"]] == ["relapse"]
+        # its restarts keep failing: liveness stays Healthy, the other models keep serving
         resp = ping(main)
-        assert resp.json() == {"status": "Unhealthy"}
+        assert (resp.status_code, resp.json()) == (200, {"status": "Healthy"})
         assert resp.headers.get("x-request-id")
-        # its restarts keep failing: it stays unhealthy, the other models keep serving
-        assert not wait_until(lambda: ping(main).status_code != 500, 2.0, interval=0.2)
         assert infer(main, "POST", "/predictions/named", data=b"still").content == b"still"
     assert ping(main).json() == {"status": "Healthy"}
+    assert infer(main, "GET", "/ping", params={"ready": "true"}).json() == {"status": "Ready"}
 
 
 # -- §5 / §6a / §7: workflows ----------------------------------------------------------------------

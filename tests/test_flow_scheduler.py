@@ -21,6 +21,9 @@ class Pool:
     def check_can_serve(self) -> None:
         pass
 
+    def abandon(self, future) -> None:  # a timed-out or cancelled attempt frees its worker
+        pass
+
 
 class Queue:
     """Answers each job on the next loop turn with ``fn(params)``; keeps every job's params;

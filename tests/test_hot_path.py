@@ -9,6 +9,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from dagserve.engine.scheduler import NodePlan, Plan
 from dagserve.engine.workers import protocol
 from dagserve.engine.workers.batch_queue import BatchQueue
@@ -83,6 +85,10 @@ class FakeWorker:
         self.on_unstarted = None
         self.sent: list[list[str]] = []
 
+    @property
+    def held_jobs(self) -> int:
+        return len(self.held or [])
+
     def can_take_batch(self) -> bool:
         return not self.running or self.held is None
 
@@ -135,6 +141,28 @@ def test_busy_workers_hold_a_request_and_a_dead_one_hands_it_back():
             await asyncio.sleep(0)
         results = [f.exception() is None for f in futures]
         assert results.count(True) == 5 and results.count(False) == 1
+
+    asyncio.run(go())
+
+
+def test_job_queue_size_counts_what_busy_workers_hold():
+    """job_queue_size=2 with one worker: one running, exactly two waiting (one of them held
+    by the worker, one in the queue); the next is refused."""
+    from dagserve.engine.errors import ServiceUnavailableError
+
+    async def go() -> None:
+        queue = BatchQueue("m", 1, 2)
+        w = FakeWorker(queue)
+        queue.worker_ready(w)
+        admitted = []
+        for i in range(3):
+            admitted.append(queue.submit(Request(str(i), [])))
+            await asyncio.sleep(0)
+        assert w.sent == [["0"], ["1"]] and queue.pending == 1
+        with pytest.raises(ServiceUnavailableError):
+            queue.submit(Request("3", []))
+        w.finish()  # 1 starts, 2 is held: room for one more
+        queue.submit(Request("4", []))
 
     asyncio.run(go())
 
@@ -206,7 +234,79 @@ def test_a_worker_holds_more_only_while_its_batches_are_quick_and_times_out_clea
         running, held = w._inflight, list(w._held[0])
         w._on_timeout()
         assert running[0].future.exception().status == 504
+        assert unstarted == []  # not yet: a result on its way would mean it started
+        w._on_conn_lost(None)  # killed: its socket closed with nothing more in it
         assert unstarted == held and not held[0].future.done()
+
+    asyncio.run(go())
+
+
+def test_a_held_batch_the_worker_started_before_it_timed_out_never_runs_twice():
+    """The timer race: the running batch times out just as its result is on the way, so the
+    worker has already started the batch it held. That batch fails; it is not handed to
+    another worker (where it would run a second time). Only a batch behind it is."""
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        unstarted: list[Job] = []
+        gone: list[WorkerProcess] = []
+        w = WorkerProcess(WorkerSpec("m", Path("/tmp"), "h", response_timeout=5),
+                          sock_dir=Path("/tmp"), gpu_id=None, threads=1, log_file=None,
+                          tasks=None, launcher=None,  # type: ignore[arg-type]  # never started
+                          on_idle=lambda w: None, on_exit=lambda w, r: None)
+        w._conn = _Conn()  # type: ignore[assignment]
+        w.kill = lambda: None  # type: ignore[method-assign]
+        w.on_unstarted = lambda w, jobs: unstarted.extend(jobs)
+        w.on_gone = gone.append
+        a, b = (Job(Request(i, []), loop.create_future(), 0.0) for i in "ab")
+        w.dispatch([a])
+        w.dispatch([b])
+        w._on_timeout()
+        assert a.future.exception().status == 504 and gone == [w]
+        # the worker's result for a was already in the socket: it had started b
+        w._on_frame({"op": "result", "resps": [{"id": "a", "code": 200, "len": 0}]}, b"")
+        w._on_conn_lost(None)
+        assert unstarted == []
+        assert b.future.exception().status == 500
+
+    asyncio.run(go())
+
+
+def test_an_interrupted_batch_frees_the_worker_and_gives_back_what_is_still_wanted():
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        idle: list[WorkerProcess] = []
+        requeued: list[Job] = []
+        interrupts: list[int] = []
+        w = WorkerProcess(WorkerSpec("m", Path("/tmp"), "h", response_timeout=5),
+                          sock_dir=Path("/tmp"), gpu_id=None, threads=1, log_file=None,
+                          tasks=None, launcher=None,  # type: ignore[arg-type]  # never started
+                          on_idle=idle.append, on_exit=lambda w, r: None)
+        w._conn = _Conn()  # type: ignore[assignment]
+        w._interrupt = lambda: interrupts.append(w._batch_no)  # type: ignore[method-assign]
+        w.on_requeue = requeued.extend
+        a, b = (Job(Request(i, []), loop.create_future(), 0.0) for i in "ab")
+        w.dispatch([a, b])
+        a.future.cancel()
+        w.abandon(a.future)
+        assert interrupts == []  # b still waits for this batch
+        b.future.cancel()
+        w.abandon(b.future)
+        assert interrupts == [1]
+        w._on_frame({"op": "interrupted"}, b"")
+        assert idle == [w] and requeued == [] and not w.busy
+        # a batch held behind the running one whose jobs were all given up is interrupted
+        # as soon as the worker starts it; one with a job still wanted is given back
+        c, d = (Job(Request(i, []), loop.create_future(), 0.0) for i in "cd")
+        w.dispatch([c])
+        w.dispatch([d])
+        d.future.cancel()
+        w._on_frame({"op": "result", "resps": [{"id": "c", "code": 200, "len": 0}]}, b"")
+        assert c.future.result().code == 200 and interrupts == [1, 3]
+        e = Job(Request("e", []), loop.create_future(), 0.0)
+        w._on_frame({"op": "interrupted"}, b"")
+        w.dispatch([e])
+        w._on_frame({"op": "interrupted"}, b"")  # e.g. the signal came late, during e
+        assert requeued == [e] and not e.future.done()
 
     asyncio.run(go())
 

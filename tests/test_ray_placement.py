@@ -26,11 +26,11 @@ from dagserve.engine.workers.ray_placement import RayPlacement, ray_placement
 from server_utils import ECHO_HANDLER, build_mar, free_port, start_server
 
 
-def test_defaults_and_registration_overriding_model_config_key_by_key():
+def test_defaults_and_model_config_overriding_config_properties_key_by_key():
     assert ray_placement({}, {}, "m") == RayPlacement()
     placement = ray_placement(
-        {"ray": {"num_cpus": 2, "resources": {"gpu_box": 1}}},
-        {"ray": {"num_cpus": 0.5, "label_selector": {"zone": "eu-1"}}}, "m")
+        {"ray": {"num_cpus": 0.5, "label_selector": {"zone": "eu-1"}}},
+        {"ray": {"num_cpus": 2, "resources": {"gpu_box": 1}}}, "m")
     assert placement == RayPlacement(num_cpus=0.5, resources={"gpu_box": 1.0},
                                      label_selector={"zone": "eu-1"})
     assert placement.actor_options() == {

@@ -15,8 +15,14 @@ from dagserve.engine.messages import Param, Request, Response
 
 
 class FakePool:
+    def __init__(self) -> None:
+        self.abandoned: list[asyncio.Future] = []
+
     def check_can_serve(self) -> None:
         pass
+
+    def abandon(self, future: asyncio.Future) -> None:
+        self.abandoned.append(future)
 
 
 class FakeQueue:
@@ -123,12 +129,16 @@ def test_node_that_always_fails_is_named_and_cancels_other_branches():
     p = plan({"s": ["bad", "slow"]}, retries=1)
     slow = FakeQueue(tag("slow"), delay=2.0)
     qs = {"s": FakeQueue(tag("s")), "bad": FakeQueue(tag("bad"), failures=99), "slow": slow}
+    targets = {n: Target(q) for n, q in qs.items()}
     start = time.perf_counter()
     with pytest.raises(NodeFailed) as info:
-        run(p, {n: Target(q) for n, q in qs.items()})
+        run(p, targets)
     assert info.value.node == "bad"
     assert str(info.value).startswith("Error executing bad")
     assert time.perf_counter() - start < 1.5  # did not wait for the slow branch
+    # the cancelled branch's attempt is reported, so the worker running it is freed
+    [abandoned] = targets["slow"].pool.abandoned
+    assert abandoned.cancelled()
 
 
 def test_timeout_cancels_the_attempt_and_drops_the_late_result():
@@ -136,16 +146,22 @@ def test_timeout_cancels_the_attempt_and_drops_the_late_result():
     slow = FakeQueue(tag("b"), delay=0.5)
     qs = {"a": FakeQueue(tag("a")), "b": slow}
 
+    targets = {n: Target(q) for n, q in qs.items()}
+
     async def go():
         request = Request("r", [Param("body", None, b"x")], {})
         with pytest.raises(NodeFailed) as info:
-            await run_plan(p, {n: Target(q) for n, q in qs.items()}, request)
+            await run_plan(p, targets, request)
         assert "timed out" in info.value.reason
         await asyncio.sleep(0.6)  # let the late answers arrive: they find cancelled futures
 
     asyncio.run(go())
     assert len(slow.calls) == 2
     assert slow.cancelled == 2
+    # each timed-out attempt is reported to the pool, which frees the worker running it
+    abandoned = targets["b"].pool.abandoned
+    assert len(abandoned) == 2 and all(f.cancelled() for f in abandoned)
+    assert targets["a"].pool.abandoned == []
 
 
 def test_client_error_of_a_node_is_not_retried_and_keeps_its_status():

@@ -158,3 +158,56 @@ def test_bad_settings_exit_with_usage_error():
                             capture_output=True, cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert b"needs a non-empty string 'socket'" in result.stderr
+
+
+STUBBORN_HANDLER = """
+    import pathlib, time
+
+    def handle(data, context):
+        if data is None:
+            return None
+        out = []
+        for row in data:
+            seconds = float(row["body"])
+            if seconds > 1:
+                pathlib.Path("started").write_text("yes")
+            try:
+                time.sleep(seconds)
+            except Exception:  # a handler that swallows errors cannot swallow the interrupt
+                pass
+            pathlib.Path("finished").write_text("yes")
+            out.append("slept")
+        return out
+"""
+
+
+def test_sigusr1_interrupts_the_running_batch_and_the_worker_serves_on(tmp_path, sock_dir):
+    """The frontend's cooperative interrupt: inside a batch SIGUSR1 stops it (even through
+    a handler's ``except Exception``) and the worker answers ``interrupted``; outside one it
+    does nothing."""
+    import signal
+    import time
+
+    (tmp_path / "stubborn.py").write_text(textwrap.dedent(STUBBORN_HANDLER))
+    proc, conn = start_worker(tmp_path, sock_dir, "stubborn.py")
+    try:
+        assert protocol.recv_frame(conn)[0]["op"] == "ready"
+        os.kill(proc.pid, signal.SIGUSR1)  # outside a batch: nothing happens
+        protocol.send_frame(conn, protocol.encode_predict(
+            [Request("long", [Param("body", "text/plain", b"60")])]))
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGUSR1)
+        meta, _ = protocol.recv_frame(conn)
+        assert meta == {"op": "interrupted"}
+        assert not (tmp_path / "finished").exists()
+        protocol.send_frame(conn, protocol.encode_predict(
+            [Request("quick", [Param("body", "text/plain", b"0")])]))
+        resps = protocol.decode_result(*protocol.recv_frame(conn))
+        assert [(r.id, r.code, r.value) for r in resps] == [("quick", 200, b"slept")]
+    finally:
+        conn.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert b"batch interrupted" in err

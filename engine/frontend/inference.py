@@ -23,14 +23,14 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from ..errors import InternalServerError, MethodNotAllowedError, ResourceNotFoundError
+from ..readiness import Readiness
 from ..registry import Registry
 from ..messages import Request, Response
 from .http_input import read_params
-from .openapi import inference_openapi
+from .openapi import inference_openapi, model_openapi
 from .responses import handler_response, json_response
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
-UNHEALTHY = json.dumps({"status": "Unhealthy"}, indent=2).encode()
 
 WorkflowRunner = Callable[[str, Request, str | None], Awaitable[Response]]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -41,8 +41,9 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 class InferenceRoutes:
     def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
-                 max_response_size: int | None = None):
+                 max_response_size: int | None = None, readiness: Readiness | None = None):
         self.registry = registry
+        self.readiness = readiness or Readiness(registry)
         self.run_workflow = run_workflow
         self.max_response_size = max_response_size
 
@@ -54,16 +55,21 @@ class InferenceRoutes:
         return handler_response(resp)
 
     async def ping(self, request: web.BaseRequest) -> web.Response:
-        healthy = all(mv.pool.ready_count >= mv.min_workers
-                      for mv in self.registry.all_versions())
-        return json_response(200, HEALTHY) if healthy else json_response(500, UNHEALTHY)
+        """Liveness: Healthy while the server serves. ``?ready=true``: readiness (see
+        readiness.py), 503 while models are still loading."""
+        if request.query_string and request.query.get("ready", "").lower() in ("true", "1"):
+            report = self.readiness.report()
+            return json_response(200 if report.ready else 503,
+                                 json.dumps(report.body(), indent=2).encode())
+        return json_response(200, HEALTHY)
 
     async def predict(self, request: web.BaseRequest, model: str, version: str | None,
-                      explain: bool = False) -> web.Response:
+                      explain: bool = False, url_path: str = "") -> web.Response:
         mv = self.registry.get(model, version)
         mv.pool.check_can_serve()
         start = time.perf_counter()
         headers = dict(request.headers)
+        headers["url_path"] = url_path  # path segments after the version, as TorchServe
         if explain:
             headers["explain"] = "True"
         req = Request(request["request_id"], await read_params(request), headers)
@@ -90,6 +96,11 @@ class InferenceRoutes:
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
 
+    async def model_options(self, request: web.BaseRequest, model: str,
+                            version: str | None) -> web.Response:
+        mv = self.registry.get(model, version)
+        return json_response(200, model_openapi(mv.name, mv.version))
+
 
 async def _not_found(request: web.BaseRequest) -> web.StreamResponse:
     raise ResourceNotFoundError()
@@ -110,16 +121,19 @@ class InferenceRouter:
         routes = self.routes
         parts = path.split("/")
         n = len(parts)
-        if 3 <= n <= 4:
+        if n >= 3 and parts[1] == "predictions" or 3 <= n <= 4:
             kind = parts[1]
             if kind == "predictions" or kind == "explanations":
                 if not (parts[2] and parts[-1]):
                     return _not_found
+                version = parts[3] if n >= 4 else None
+                if method == "OPTIONS" and n <= 4:
+                    return partial(routes.model_options, model=parts[2], version=version)
                 if method not in INFERENCE_METHODS:
                     return _not_allowed
-                return partial(routes.predict, model=parts[2],
-                               version=parts[3] if n == 4 else None,
-                               explain=kind == "explanations")
+                return partial(routes.predict, model=parts[2], version=version,
+                               explain=kind == "explanations",
+                               url_path="/".join(parts[4:]))
             if kind == "wfpredict" and parts[2] and parts[-1]:
                 if method not in INFERENCE_METHODS:
                     return _not_allowed
@@ -129,6 +143,8 @@ class InferenceRouter:
             return routes.ping if method in PING_METHODS else _not_allowed
         elif path == "/":
             return routes.options if method == "OPTIONS" else _not_allowed
+        elif path == "/api-description":
+            return routes.options if method == "GET" else _not_allowed
         return _not_found
 
 
@@ -170,9 +186,11 @@ class InferenceServer(web.Server):
 def build_inference_server(registry: Registry, *, middlewares: list, max_request_size: int,
                            run_workflow: WorkflowRunner | None = None,
                            max_response_size: int | None = None,
+                           readiness: Readiness | None = None,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
-    router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size))
+    router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size,
+                                             readiness))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

@@ -41,6 +41,7 @@ from .params import (
     request_params,
     status_message,
 )
+from .customized import customized_metadata
 from .workflow_routes import add_workflow_routes
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class ManagementRoutes:
     # -- describe / list ---------------------------------------------------------------
 
     def _describe_one(self, mv: ModelVersion) -> dict[str, Any]:
-        gpu = bool(getattr(self.models.devices, "gpu_count", 0))
+        gpu = bool(getattr(mv.pool.devices, "gpu_count", 0))
         workers = [{"id": w.id, "startTime": iso_time(w.start_time),
                     "status": "READY" if w.alive and w.status == "READY" else w.status,
                     # a Ray worker's pid is a process on its Ray node, maybe another host
@@ -206,7 +207,11 @@ class ManagementRoutes:
             found = self.registry.versions(name)
         else:
             found = [self.registry.get(name, version)]
-        return json_ok([self._describe_one(mv) for mv in found])
+        described = [self._describe_one(mv) for mv in found]
+        if bool_param(request.query, "customized", False):
+            for entry, mv in zip(described, found):
+                entry["customizedMetadata"] = await customized_metadata(mv)
+        return json_ok(described)
 
     async def list(self, request: web.Request) -> web.Response:
         listed = []
@@ -288,6 +293,14 @@ def management_openapi() -> bytes:
             "delete": op("Unregister a version", ["model_name", "model_version"])},
         "/models/{model_name}/{model_version}/set-default": {
             "put": op("Make a version the default", ["model_name", "model_version"])},
+        "/workflows": {"get": op("List workflows", [], ["limit", "next_page_token"]),
+                       "post": op("Register a workflow", [],
+                                  ["url", "workflow_name", "synchronous"])},
+        "/workflows/{workflow_name}": {
+            "get": op("Describe a workflow", ["workflow_name"]),
+            "put": op("Scale the workers of its nodes", ["workflow_name"],
+                      ["min_worker", "max_worker"]),
+            "delete": op("Unregister a workflow", ["workflow_name"])},
     }
     doc = {"openapi": "3.0.1",
            "info": {"title": "dagserve management API", "version": SERVER_VERSION,
@@ -302,6 +315,7 @@ def build_management_app(runtime: Runtime, middlewares: list) -> web.Application
     app = web.Application(middlewares=middlewares, client_max_size=runtime.cfg.max_request_size)
     r = app.router
     r.add_route("OPTIONS", "/", routes.options)
+    r.add_get("/api-description", routes.options)
     r.add_get("/models", routes.list)
     r.add_post("/models", routes.register)
     r.add_get("/models/{model_name}", routes.describe)

@@ -57,8 +57,10 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 
 
 def make_common_middleware(access: AccessRecorder | None,
-                           extra_headers: dict[str, str] | None = None):
-    """``extra_headers`` go on every response (the configured CORS headers)."""
+                           extra_headers: dict[str, str] | None = None,
+                           redact: Callable[[str], str] | None = None):
+    """``extra_headers`` go on every response (the configured CORS headers); ``redact``
+    takes the server's own paths out of error messages (redact.py)."""
     perf_counter = time.perf_counter
     next_id = new_request_id
 
@@ -71,7 +73,7 @@ def make_common_middleware(access: AccessRecorder | None,
             response = await handler(request)
         except DagserveError as exc:
             response = error_response(exc.status, exc.type_name or type(exc).__name__,
-                                      exc.message)
+                                      redact(exc.message) if redact else exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

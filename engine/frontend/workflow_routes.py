@@ -41,7 +41,10 @@ class WorkflowRoutes:
         version = name_param(params, "version")
         if version == "all":
             raise BadRequestError("Parameter version cannot be 'all' (it means every version)")
-        entry = await self.manager.register(url, name_param(params, "workflow_name"), version)
+        # TorchServe gives its node models this response timeout (seconds, default 120)
+        timeout = int_param(params, "response_timeout", None, minimum=1)
+        entry = await self.manager.register(url, name_param(params, "workflow_name"), version,
+                                            response_timeout=timeout)
         self._save_snapshot()
         return status_message(f"Workflow {entry.name} has been registered and scaled "
                               "successfully." if "version" not in params else

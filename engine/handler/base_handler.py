@@ -7,7 +7,9 @@ Loading, from the manifest's ``model`` section:
   subclass, built with no arguments; ``serializedFile`` (if any) is its state dict, read with
   ``torch.load(..., weights_only=True)`` (a pickled whole model is refused: unpickling runs
   arbitrary code).
-- else a ``serializedFile`` ending in ``.pt``: TorchScript, ``torch.jit.load``.
+- else a ``serializedFile`` ending in ``.pt``: TorchScript, ``torch.jit.load``;
+  ending in ``.onnx``: an onnxruntime session (the ``onnx`` extra).
+- ``pt2`` in model-config.yaml: ``torch.compile`` (see model_runtime.py).
 
 The device is ``cuda:<gpu_id>`` when the worker was given a GPU and CUDA is available, else
 the CPU. ``index_to_name.json`` in the model directory becomes ``self.mapping``.
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from .metrics import timed
+from .model_runtime import compile_model, load_onnx
 from .util import (PredictionException, import_from_dir, list_classes_from_module,
                    load_label_mapping, row_input)
 
@@ -79,11 +82,16 @@ class BaseHandler:
             self.model.to(self.device)
         elif self.model_pt_path and self.model_pt_path.endswith(".pt"):
             self.model = self._load_torchscript_model(self.model_pt_path)
+        elif self.model_pt_path and self.model_pt_path.endswith(".onnx"):
+            self.model = load_onnx(self.model_pt_path, self.device)
         else:
             raise RuntimeError(
                 f"No model weights could be loaded: the manifest has no modelFile and its "
-                f"serializedFile ({serialized or 'none'}) is not a TorchScript .pt file")
+                f"serializedFile ({serialized or 'none'}) is not a TorchScript .pt or an "
+                f".onnx file")
         self.model.eval()
+        if "pt2" in self.model_yaml_config:
+            self.model = compile_model(self.model, self.model_yaml_config["pt2"])
 
         self.mapping = load_label_mapping(model_dir / "index_to_name.json")
         self.initialized = True

@@ -37,8 +37,13 @@ ALIASES: dict[str, str] = {
     "ts.metrics.metric_type_enum": f"{_BASE}.metrics",
     "ts.metrics.metric_cache_errors": f"{_BASE}.metrics",
     "ts.handler_utils.timer": f"{_BASE}.metrics",
+    "ts.handler_utils.micro_batching": f"{_BASE}.micro_batching",
+    "ts.protocol.otf_message_handler": f"{_BASE}.otf_message_handler",
+    "ts.torch_handler.unit_tests.test_utils.mock_context": f"{_BASE}.mock_context",
 }
-PACKAGES = frozenset({"ts", "ts.torch_handler", "ts.utils", "ts.metrics", "ts.handler_utils"})
+PACKAGES = frozenset({"ts", "ts.torch_handler", "ts.utils", "ts.metrics", "ts.handler_utils",
+                      "ts.protocol", "ts.torch_handler.unit_tests",
+                      "ts.torch_handler.unit_tests.test_utils"})
 
 
 class _AliasLoader(importlib.abc.Loader):

@@ -42,6 +42,7 @@ class BatchQueue:
         self._pending: deque[Job] = deque()
         self._idle: list[WorkerProcess] = []  # workers with nothing to do
         self._room: list[WorkerProcess] = []  # busy workers that may take another batch
+        self._fed: set[WorkerProcess] = set()  # every worker this queue sends batches to
         self._pump_scheduled = False
         self.queue_latency_s = 0.0  # summed over dispatched jobs, for metrics
         self.dispatched = 0
@@ -50,9 +51,15 @@ class BatchQueue:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def waiting(self) -> int:
+        """Requests not started yet: queued here, or held by a busy worker."""
+        return len(self._pending) + sum(w.held_jobs for w in self._fed)
+
     def submit(self, request: protocol.Request) -> asyncio.Future:
-        """Queue one request; the future resolves to its ``protocol.Response``."""
-        if len(self._pending) >= self.capacity:
+        """Queue one request; the future resolves to its ``protocol.Response``. At most
+        ``capacity`` requests wait (``job_queue_size``); those running do not count."""
+        if self.waiting >= self.capacity:
             raise ServiceUnavailableError(
                 f"Job queue of model \"{self.model_name}\" is full ({self.capacity} requests); "
                 "try again later or add workers")
@@ -70,6 +77,9 @@ class BatchQueue:
         """A worker is free (new, or done with all it held)."""
         worker.on_room = self._worker_has_room
         worker.on_unstarted = self._requeue
+        worker.on_requeue = self.requeue
+        worker.on_gone = self.worker_gone
+        self._fed.add(worker)
         if worker in self._room:
             self._room.remove(worker)
         self._idle.append(worker)
@@ -79,6 +89,7 @@ class BatchQueue:
     def worker_gone(self, worker: WorkerProcess) -> None:
         """Send this worker nothing more (it is stopping, or dead)."""
         worker.on_room = None
+        self._fed.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
         if worker in self._room:
@@ -94,6 +105,10 @@ class BatchQueue:
     def _requeue(self, worker: WorkerProcess, jobs: list[Job]) -> None:
         """Jobs a worker held but never started (it died or timed out): first in line."""
         self.worker_gone(worker)
+        self.requeue(jobs)
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Jobs to run again before anything else (a worker gave them back)."""
         for job in reversed(jobs):
             if not job.future.done():
                 self._pending.appendleft(job)

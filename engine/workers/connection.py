@@ -14,9 +14,14 @@ FrameCallback = Callable[[dict, bytes], None]
 
 
 class WorkerConnection(asyncio.Protocol):
-    def __init__(self, on_frame: FrameCallback, on_lost: Callable[[Exception | None], None]):
+    def __init__(self, on_frame: FrameCallback, on_lost: Callable[[Exception | None], None],
+                 accept: Callable[["WorkerConnection"], bool] | None = None):
+        """``accept`` (if given) decides, once connected, whether this peer is the worker;
+        a refused connection is closed and reports nothing."""
         self._on_frame = on_frame
         self._on_lost = on_lost
+        self._accept = accept
+        self._refused = False
         self._buf = bytearray()  # the start of a frame whose end has not arrived yet
         self._need = 0  # bytes that frame needs (its header's, until the header is in)
         self.transport: asyncio.Transport | None = None
@@ -24,6 +29,10 @@ class WorkerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._accept is not None and not self._accept(self):
+            self._refused = True
+            transport.close()
+            return
         if not self.connected.done():
             self.connected.set_result(self)
 
@@ -58,6 +67,8 @@ class WorkerConnection(asyncio.Protocol):
             self._on_lost(ProtocolError(str(exc)))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
         if not self.connected.done():
             self.connected.set_exception(ConnectionError("worker closed before it connected"))
         self._on_lost(exc)

@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Mapping, Protocol, TextIO
 
 from ..tasks import TaskOwner
 from .settings import WorkerSettings
@@ -38,7 +38,11 @@ class WorkerHandle(Protocol):
 
 
 class SubprocessLauncher:
-    """A fresh ``python -P -m dagserve.engine.workers.main`` per worker."""
+    """A fresh ``python -P -m dagserve.engine.workers.main`` per worker; ``base_env``
+    (default: the server's environment) is what it starts with."""
+
+    def __init__(self, base_env: dict[str, str] | None = None):
+        self._base_env = base_env
 
     async def launch(self, settings: WorkerSettings, *, cwd: Path, log_file: TextIO | None,
                      env: dict[str, str] | None = None, uses_torch: bool = True) -> WorkerHandle:
@@ -46,7 +50,10 @@ class SubprocessLauncher:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", WORKER_MODULE, "--settings", settings.to_json(),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd),
-            start_new_session=True, env={**os.environ, **env} if env else None)
+            start_new_session=True, env={**self._base(), **(env or {})})
+
+    def _base(self) -> Mapping[str, str]:
+        return os.environ if self._base_env is None else self._base_env
 
 
 class ForkedWorker:
@@ -95,10 +102,12 @@ class ForkServerLauncher:
     ``fallback`` when the fork server could not start."""
 
     def __init__(self, tasks: TaskOwner, log_file: TextIO | None,
-                 fallback: SubprocessLauncher | None = None):
+                 fallback: SubprocessLauncher | None = None,
+                 env: dict[str, str] | None = None):
         self._tasks = tasks
         self._log_file = log_file
-        self._fallback = fallback or SubprocessLauncher()
+        self._env = env  # the fork server's (and so every worker's) environment
+        self._fallback = fallback or SubprocessLauncher(env)
         self._ready: asyncio.Future[bool] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[ForkedWorker]] = {}
@@ -150,7 +159,7 @@ class ForkServerLauncher:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", ZYGOTE_MODULE, "--fd", str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                stderr=out, start_new_session=True)
+                stderr=out, start_new_session=True, env=self._env)
             theirs.close()
             self.pid = proc.pid
             reader, self._writer = await asyncio.open_unix_connection(sock=ours)

@@ -1,6 +1,7 @@
 """The worker process: ``python -m dagserve.engine.workers.main --settings '<json>'``.
 
-It connects to the frontend's Unix socket, loads the model's handler and says ``ready``
+It connects to the frontend's Unix socket (``settings.socket``: a path, or an abstract name
+starting with NUL), loads the model's handler and says ``ready``
 (or ``load_failed`` with a one-line reason, then exits 1), then serves ``predict`` frames
 until the frontend closes the socket (exit 0).
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .interrupt import BatchGuard, BatchInterrupted
 from .settings import WorkerSettings
 
 
@@ -68,12 +70,16 @@ def _one_line(exc: BaseException, limit: int = 2000) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def serve(sock: socket.socket, service: Any) -> None:
+def serve(sock: socket.socket, service: Any, guard: BatchGuard | None = None) -> None:
     """Answer ``predict`` frames until the peer closes the socket."""
     read = protocol.FrameReader(sock).read
     sendall = sock.sendall
     decode_predict, encode_result = protocol.decode_predict, protocol.encode_result
     predict = service.predict
+    if guard is None:
+        guard = BatchGuard()
+        guard.install()
+    interrupted = protocol.pack({"op": "interrupted"})
     while True:
         try:
             meta, body = read()
@@ -82,7 +88,15 @@ def serve(sock: socket.socket, service: Any) -> None:
         op = meta.get("op")
         if op != "predict":
             raise protocol.ProtocolError(f"unexpected frame op {op!r} (expected 'predict')")
-        responses, metrics = predict(decode_predict(meta, body))
+        requests = decode_predict(meta, body)
+        try:
+            with guard:
+                responses, metrics = predict(requests)
+        except BatchInterrupted:
+            print(f"worker {os.getpid()}: batch interrupted (abandoned by the frontend)",
+                  file=sys.stderr)
+            sendall(interrupted)
+            continue
         sendall(encode_result(responses, metrics))
 
 
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock.connect(settings.socket)
     except OSError as exc:
-        print(f"worker could not connect to {settings.socket}: {exc}", file=sys.stderr)
+        print(f"worker could not connect to {settings.socket!r}: {exc}", file=sys.stderr)
         return 2
 
     name = settings.model_name
@@ -134,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"worker {os.getpid()}: model {name} loaded", file=sys.stderr)
 
     try:
+        guard = BatchGuard()
+        guard.install()  # before "ready": from then on the frontend may send the signal
         protocol.send_frame(sock, protocol.pack({"op": "ready", "pid": os.getpid()}))
-        serve(sock, service)
+        serve(sock, service, guard)
     except KeyboardInterrupt:
         return 130
     except (BrokenPipeError, ConnectionResetError):

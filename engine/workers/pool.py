@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable, Mapping, TextIO
 
@@ -76,6 +77,7 @@ class WorkerPool:
         self.max_workers = 0
         self._closed = False
         self._failures = 0
+        self._failing_since: float | None = None  # first restart of the current streak
         self._restarts: set[TaskHandle] = set()
         self._retiring: dict[WorkerProcess, asyncio.Future] = {}
 
@@ -112,6 +114,7 @@ class WorkerPool:
             await worker.stop()
             raise WorkerStartError("model was unregistered while its worker started")
         self._failures = 0
+        self._failing_since = None
         self.queue.worker_ready(worker)
         return worker
 
@@ -135,6 +138,8 @@ class WorkerPool:
 
     def _worker_idle(self, worker: WorkerProcess) -> None:
         waiter = self._retiring.get(worker)
+        if self._closed:
+            return  # draining for unregistration: no new batch
         if waiter is None:
             self.queue.worker_ready(worker)
         elif not waiter.done():
@@ -186,6 +191,8 @@ class WorkerPool:
             self._restarts.add(handle)
 
     async def _restart(self) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
         delay = min(MAX_BACKOFF_S, 0.25 * (2 ** self._failures))
         self._failures += 1
         await asyncio.sleep(delay)
@@ -199,8 +206,24 @@ class WorkerPool:
             if not self.live_workers:
                 self.queue.fail_pending(ServiceUnavailableError(
                     f"Model \"{self.spec.model_name}\" could not restart its worker: {exc}"))
+            if self._retry_time_over():
+                log.error("gave up restarting workers of %s after %g s (maxRetryTimeoutInSec)",
+                          self.spec.model_name, self.spec.max_retry_timeout_s)
+                if not self.live_workers:
+                    self.queue.fail_pending(self.no_worker_error())
+                return
             if not self._closed and len(self.live_workers) < self.min_workers:
                 self._schedule_restart()
+
+    def _retry_time_over(self) -> bool:
+        return self._failing_since is not None and \
+            time.monotonic() - self._failing_since >= self.spec.max_retry_timeout_s
+
+    def abandon(self, future: asyncio.Future) -> None:
+        """A caller gave up on the job of ``future`` (a node timeout): interrupt the batch
+        running it if nobody else waits for that batch."""
+        for worker in self.workers:
+            worker.abandon(future)
 
     def no_worker_error(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
@@ -212,11 +235,19 @@ class WorkerPool:
         if not self.live_workers and not self._restarts:
             raise self.no_worker_error()
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop every worker; with ``grace_s`` (unregister_model_timeout) the batches they
+        are running may finish first, for at most that long."""
         self._closed = True
         for handle in list(self._restarts):
             handle.cancel()
         workers = list(self.workers)
+        if grace_s > 0:
+            for worker in workers:
+                self.queue.worker_gone(worker)
+            deadline = time.monotonic() + grace_s
+            while any(w.busy and w.alive for w in workers) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         self.queue.fail_pending(ServiceUnavailableError(
             f"Model \"{self.spec.model_name}\" was unregistered"))

@@ -12,7 +12,20 @@ moving average of its batch times): a fast model keeps its worker busy, a slow o
 has requests waiting behind it that another worker could take sooner. Only the running
 batch counts as started: its response timeout starts when the one before it finishes, and
 batches the worker never started are handed back to the queue (``on_unstarted``) when it
-dies or times out, to be served by another worker instead of failing with it."""
+dies or times out, to be served by another worker instead of failing with it.
+
+Which batches a worker started is known only from what it sent before its socket closed: a
+worker that passes its response timeout is killed, and its results already on the way are
+still read (each one means it started the batch behind), so a batch it may have started is
+failed with a 5xx, never handed to another worker to run a second time.
+
+A batch nobody waits for any more (every job in it cancelled: a workflow node's timeout) is
+interrupted (``abandon``): the worker gets ``SIGUSR1``, stops the batch and answers
+``interrupted`` (see ``interrupt.py``); a worker that does not within ``INTERRUPT_GRACE_S``
+is killed and replaced by its pool. Either way the worker is free for the next request.
+
+The worker connects to a Unix socket the frontend listens on until then: an abstract one on
+Linux, so no AF_UNIX path-length limit however deep the temporary directory (endpoint.py)."""
 
 from __future__ import annotations
 
@@ -23,16 +36,17 @@ import os
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
 from ..errors import WorkerError
-from . import protocol
 from ..tasks import TaskOwner
+from . import protocol
 from .connection import WorkerConnection
+from .endpoint import after_listening, peer_is_own_user, remove, worker_address
+from .interrupt import INTERRUPT_SIGNAL
 from .launch import ForkServerLauncher, SubprocessLauncher, WorkerHandle
-from .settings import WorkerSettings
+from .spec import Job, WorkerSpec, WorkerStartError  # noqa: F401 - also imported from here
 
 log = logging.getLogger("dagserve.workers")
 
@@ -40,44 +54,10 @@ _ids = itertools.count(9000)
 
 MAX_HELD = 3  # batches a worker may hold behind the running one
 HOLD_BUDGET_S = 0.001  # ... as long as they would all start within about this long
-
-
-@dataclass
-class WorkerSpec:
-    """What the workers of one model version need: how the frontend treats them (timeouts)
-    and what each is told (:meth:`settings_for`)."""
-
-    model_name: str
-    model_dir: Path
-    handler: str
-    batch_size: int = 1
-    response_timeout: float = 120.0
-    startup_timeout: float = 120.0
-    decode_input: bool = True
-    config_file: str | None = None
-    server_version: str = ""
-    uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
-
-    def settings_for(self, socket: Path, gpu_id: int | None, threads: int) -> WorkerSettings:
-        return WorkerSettings(
-            socket=str(socket), model_dir=str(self.model_dir), model_name=self.model_name,
-            handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
-            decode_input=self.decode_input, server_version=self.server_version,
-            config_file=self.config_file)
-
-
-@dataclass(slots=True)
-class Job:
-    request: protocol.Request
-    future: asyncio.Future
-    enqueued: float
-
+INTERRUPT_GRACE_S = 2.0  # an interrupted worker that is still busy after this is replaced
+EXIT_DRAIN_S = 1.0  # after the process exits, wait this long for its last frames
 
 Launcher = ForkServerLauncher | SubprocessLauncher
-
-
-class WorkerStartError(Exception):
-    """The worker could not load its handler (or did not say so in time)."""
 
 
 class WorkerProcess:
@@ -97,7 +77,7 @@ class WorkerProcess:
         self.status = "STARTING"
         self.start_time = time.time()
         self.pid: int | None = None
-        self._sock_path = sock_dir / f"w{self.id}.sock"
+        self._address = worker_address(sock_dir, self.id)
         self._log_file = log_file
         self._on_idle = on_idle
         self._on_exit = on_exit
@@ -109,13 +89,22 @@ class WorkerProcess:
         self._exited: asyncio.Future | None = None  # set by the exit watcher
         self._inflight: list[Job] = []  # the batch the worker is running
         self._held: deque[list[Job]] = deque()  # batches waiting behind it in the socket
+        self.held_jobs = 0  # the jobs in those batches (they count as queued)
         self._started = 0.0  # when the running batch started
         self._batch_s = HOLD_BUDGET_S  # moving average of how long a batch takes
         # Set by the queue that feeds this worker: a batch finished and another is still
         # running (room for one more); batches never started when the worker went away.
         self.on_room: Callable[[WorkerProcess], None] | None = None
         self.on_unstarted: Callable[[WorkerProcess, list[Job]], None] | None = None
+        # ... jobs of an interrupted batch still wanted (first in line again); and "send this
+        # worker nothing more" (it timed out and is being killed).
+        self.on_requeue: Callable[[list[Job]], None] | None = None
+        self.on_gone: Callable[[WorkerProcess], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._grace: asyncio.TimerHandle | None = None  # an interrupt sent, not yet answered
+        self._batch_no = 0  # counts started batches: which one an interrupt was meant for
+        self._lost: asyncio.Future | None = None  # the socket closed (all frames read)
+        self._timed_out = False
         self._dead = False
         self._stopping = False
 
@@ -125,18 +114,14 @@ class WorkerProcess:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._exited = loop.create_future()
-        conn_made = loop.create_future()
+        self._lost = loop.create_future()
 
         def factory() -> WorkerConnection:
-            conn = WorkerConnection(self._on_frame, self._on_conn_lost)
-            self._conn = conn
-            if not conn_made.done():
-                conn_made.set_result(conn)
-            return conn
+            return WorkerConnection(self._on_frame, self._on_conn_lost, accept=self._adopt)
 
-        self._server = await loop.create_unix_server(factory, path=str(self._sock_path))
-        os.chmod(self._sock_path, 0o600)
-        settings = self.spec.settings_for(self._sock_path, self.gpu_id, self.threads)
+        self._server = await loop.create_unix_server(factory, path=self._address)
+        after_listening(self._address)
+        settings = self.spec.settings_for(self._address, self.gpu_id, self.threads)
         self._proc = await self._launcher.launch(settings, cwd=self.spec.model_dir,
                                                  log_file=self._log_file,
                                                  uses_torch=self.spec.uses_torch)
@@ -152,26 +137,44 @@ class WorkerProcess:
                 raise WorkerStartError(f"worker exited with code {self._proc.returncode} "
                                        "before it loaded the model")
         except TimeoutError:
-            self.kill()
+            self._abort_start()
             raise WorkerStartError(f"worker did not load the model within "
                                    f"{self.spec.startup_timeout:g} s") from None
         except BaseException:
-            self.kill()
+            self._abort_start()
             raise
         finally:
-            self._server.close()
-            try:
-                self._sock_path.unlink()
-            except FileNotFoundError:
-                pass
+            self._server.close()  # one connection per worker: no more
+            remove(self._address)
         self.status = "READY"
         self.start_time = time.time()
+
+    def _adopt(self, conn: WorkerConnection) -> bool:
+        """Take the first connection from a process of our own user as the worker's."""
+        if self._conn is not None or not peer_is_own_user(conn.transport):
+            log.warning("worker %s of %s: refused a connection that is not its worker",
+                        self.id, self.spec.model_name)
+            return False
+        self._conn = conn
+        return True
+
+    def _abort_start(self) -> None:
+        self.kill()
+        if self._conn is not None:
+            self._conn.close()
 
     async def _watch_exit(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(code)
+        if self._lost is not None and not self._lost.done():
+            # read what the worker sent before it died first: each result says which batch
+            # it had started (a child that inherited the socket may keep it open: bounded)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._lost), EXIT_DRAIN_S)
+            except TimeoutError:
+                pass
         self._die(f"Worker died (exit code {code}).")
 
     def kill(self) -> None:
@@ -218,6 +221,7 @@ class WorkerProcess:
         assert jobs
         if self._inflight:
             self._held.append(jobs)
+            self.held_jobs += len(jobs)
         else:
             self._inflight = jobs
             self._start_batch(time.perf_counter())
@@ -233,17 +237,54 @@ class WorkerProcess:
 
     def _start_batch(self, now: float) -> None:
         self._started = now
+        self._batch_no += 1
         timeout = self.spec.response_timeout
-        if timeout > 0:
+        if timeout > 0 and not self._timed_out:
             self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
 
     def _on_timeout(self) -> None:
+        """The running batch passed the response timeout: fail it and kill the worker. The
+        batches behind it stay until the socket closes: a result still on its way means the
+        worker started the next one (see ``_die``)."""
         self._timer = None
         log.warning("worker %s of %s passed its response timeout (%g s); killing it",
                     self.id, self.spec.model_name, self.spec.response_timeout)
-        self._fail_inflight(WorkerError(
-            f"Worker timed out after {self.spec.response_timeout:g} s", 504))
+        self._timed_out = True
+        error = WorkerError(f"Worker timed out after {self.spec.response_timeout:g} s", 504)
+        for job in self._inflight:
+            if not job.future.done():
+                job.future.set_exception(error)
+        if self.on_gone is not None:
+            self.on_gone(self)
         self.kill()
+
+    # -- abandoned batches --------------------------------------------------------------
+
+    def abandon(self, future: asyncio.Future) -> None:
+        """``future``'s waiter gave up on it (it is done: cancelled). If it belongs to the
+        running batch and no job of that batch is wanted any more, interrupt the batch."""
+        jobs = self._inflight
+        if self._grace is None and not self._dead and not self._timed_out and jobs and \
+                any(job.future is future for job in jobs) and \
+                all(job.future.done() for job in jobs):
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        try:
+            os.kill(self._proc.pid, INTERRUPT_SIGNAL)
+        except ProcessLookupError:
+            return
+        self._grace = asyncio.get_running_loop().call_later(
+            INTERRUPT_GRACE_S, self._on_grace_over, self._batch_no)
+
+    def _on_grace_over(self, batch_no: int) -> None:
+        self._grace = None
+        if batch_no == self._batch_no and self._inflight and not self._dead:
+            log.warning("worker %s of %s did not stop an abandoned batch within %g s; "
+                        "replacing it", self.id, self.spec.model_name, INTERRUPT_GRACE_S)
+            self._die("Worker was replaced: it did not stop a batch whose requests timed out.")
 
     # -- frames from the worker ---------------------------------------------------------
 
@@ -251,6 +292,8 @@ class WorkerProcess:
         op = meta.get("op")
         if op == "result":
             self._on_result(meta, body)
+        elif op == "interrupted":
+            self._on_interrupted()
         elif op == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -260,20 +303,53 @@ class WorkerProcess:
         else:
             log.warning("worker %s sent an unknown frame %r", self.id, op)
 
-    def _on_result(self, meta: dict, body: bytes) -> None:
-        if not self._inflight:
-            return  # the late result of a batch that timed out (the worker is being killed)
+    def _finish_running(self) -> list[Job]:
+        """The running batch is over (answered or interrupted): the worker has started the
+        one it held behind it, if any. Returns the finished batch's jobs."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         jobs = self._inflight
         now = time.perf_counter()
         self._batch_s += 0.2 * (now - self._started - self._batch_s)
         if self._held:  # the worker has started the batch behind this one
             self._inflight = self._held.popleft()
+            self.held_jobs -= len(self._inflight)
             self._start_batch(now)
+            if all(job.future.done() for job in self._inflight) and not self._timed_out:
+                self._interrupt()  # nobody waits for it any more
         else:
             self._inflight = []
+        return jobs
+
+    def _next(self) -> None:
+        """Tell the queue what this worker can take now."""
+        if self._dead or self._timed_out:
+            return
+        if not self._inflight:
+            self._on_idle(self)
+        elif self.on_room is not None:
+            self.on_room(self)
+
+    def _on_interrupted(self) -> None:
+        if not self._inflight:
+            return
+        live = [job for job in self._finish_running() if not job.future.done()]
+        if live:  # a result still wanted: the batch runs again, on this or another worker
+            if self.on_requeue is not None:
+                self.on_requeue(live)
+            else:
+                for job in live:
+                    job.future.set_exception(WorkerError("Worker interrupted the batch", 503))
+        self._next()
+
+    def _on_result(self, meta: dict, body: bytes) -> None:
+        if not self._inflight:
+            return  # a result after the worker was declared dead
+        jobs = self._finish_running()
         responses = protocol.decode_result(meta, body)
         for job, resp in zip(jobs, responses):
             if not job.future.done():
@@ -283,15 +359,16 @@ class WorkerProcess:
                 job.future.set_exception(WorkerError("number of batch response mismatched", 503))
         metrics = meta.get("metrics")
         if metrics and self._on_metrics is not None:
-            self._on_metrics(metrics)
-        if self._dead:
-            return
-        if not self._inflight:
-            self._on_idle(self)
-        elif self.on_room is not None:
-            self.on_room(self)
+            try:
+                self._on_metrics(metrics)
+            except Exception:  # metrics must never cost a worker its connection
+                log.exception("worker %s of %s: could not record its metrics", self.id,
+                              self.spec.model_name)
+        self._next()
 
     def _on_conn_lost(self, exc: Exception | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         if self._ready is not None and not self._ready.done():
             return  # start() reports it
         self._die("Worker died." if exc is None else f"Worker connection failed: {exc}")
@@ -299,10 +376,11 @@ class WorkerProcess:
     # -- death --------------------------------------------------------------------------
 
     def _fail_inflight(self, error: Exception) -> None:
-        """Fail the running batch; hand those behind it (never started) back."""
+        """Fail the running batch (started); hand those behind it (never started) back."""
         jobs, self._inflight = self._inflight, []
         unstarted = [job for batch in self._held for job in batch]
         self._held.clear()
+        self.held_jobs = 0
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)
@@ -318,9 +396,10 @@ class WorkerProcess:
         if self._dead:
             return
         self._dead = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._grace):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._grace = None
         self.status = "STOPPED" if self._stopping else "DEAD"
         self._fail_inflight(WorkerError(reason, 500))
         if self._conn is not None:

@@ -1,8 +1,8 @@
 """Where and with what a model's Ray actors run: the ``ray:`` options of one model.
 
-They come from the model's ``model-config.yaml`` (a ``ray:`` section) and, key by key
-overriding it, from its registration (the ``ray`` entry of the model's version in the
-``models`` config.properties key), e.g.::
+They come from the ``ray`` entry of the model's version in the ``models`` key of
+config.properties and, key by key over it, from the ``ray:`` section of the model's
+``model-config.yaml`` (the precedence of the other per-model settings), e.g.::
 
     ray:
       num_cpus: 0.5                    # Ray logical CPUs per worker (default 1)
@@ -90,12 +90,13 @@ def _section(where: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def ray_placement(model_config: Mapping[str, Any], registration: Mapping[str, Any],
+def ray_placement(model_config: Mapping[str, Any], properties: Mapping[str, Any],
                   model: str) -> RayPlacement:
-    """The placement of ``model`` from its model-config ``ray:`` section, overridden key
-    by key by the registration's; raises BadRequestError naming the model and the key."""
-    merged = _section(f"model {model} (model-config.yaml)", model_config.get("ray"))
-    merged.update(_section(f"model {model} (registration)", registration.get("ray")))
+    """The placement of ``model`` from the ``ray`` entry of its config.properties
+    ``models`` settings, overridden key by key by its model-config ``ray:`` section; raises
+    BadRequestError naming the model and the key."""
+    merged = _section(f"model {model} (config.properties models)", properties.get("ray"))
+    merged.update(_section(f"model {model} (model-config.yaml)", model_config.get("ray")))
     where = f"model {model}"
     kwargs: dict[str, Any] = {}
     for key in ("num_cpus", "num_gpus"):
