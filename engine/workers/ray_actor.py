@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,12 @@ class ModelActor:
         self._dir = scratch
         archive = scratch / "model.zip"
         archive.write_bytes(model_zip)
-        del model_zip
-        model_dir = unpack(archive, scratch / "model")
+        # the frontend's own stored zip of what it accepted: limits sized to it, not the
+        # defaults for archives from outside (a model may be larger, or hold more files)
+        with zipfile.ZipFile(archive) as zf:
+            files = len(zf.infolist())
+        model_dir = unpack(archive, scratch / "model", max_total_bytes=max(1, len(model_zip)),
+                           max_files=max(1, files))
         archive.unlink()
         sys.path.insert(0, str(model_dir))
         os.chdir(model_dir)  # as a local worker, which starts in its model directory
