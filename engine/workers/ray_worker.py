@@ -6,7 +6,7 @@ response timeout (a 504, then the actor is killed), a death failing the running 
 a 500 and handing the held ones back to the queue, the ``on_idle``/``on_exit`` callbacks.
 
 One batch is one Ray call, never one per request: a Ray actor call costs tens of times a
-frame on a Unix socket (0.76 ms against 0.02 ms here, benchmarks/RAY.md). Calls run on the
+frame on a Unix socket (~0.7 ms against 0.02 ms here, benchmarks/RAY.md). Calls run on the
 actor in the order they were sent, as frames do in a local worker's socket; their replies
 may reach the event loop out of order and are applied in order.
 
