@@ -28,7 +28,8 @@ HTTP_TIMEOUT = 60  # s: a request that waits longer than this counts as a hang
 
 ECHO_HANDLER = '''\
 """Echo with the greeting shipped in the archive; "refuse" is a 422 from the handler;
-"sleep:<file>" creates the file, then takes 30 s."""
+"sleep:<file>" creates the file, then takes 30 s; "batchsize" (any case) answers with the
+size of the batch it came in, after 0.3 s."""
 import time
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def handle(data, context):
         value = bytes(value).decode() if isinstance(value, (bytes, bytearray)) else str(value)
         if value == "refuse":
             raise PredictionException("refused on purpose", 422)
+        if value.lower() == "batchsize":
+            time.sleep(0.3)
+            out.append(f"{greeting} batch of {len(data)}")
+            continue
         if value.startswith("sleep:"):
             Path(value[6:]).touch()
             time.sleep(30)
@@ -174,7 +179,15 @@ def test_batches_and_handler_errors_are_those_of_a_local_worker(frontends):
     bodies = [f"r{i}" for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
         replies = list(pool.map(lambda b: predict(server, "wfpredict/chain", b), bodies))
-    assert [r.text for r in replies] == [f"hello from the archive {b.upper()}!" for b in bodies]
+        assert [r.text for r in replies] == [f"hello from the archive {b.upper()}!"
+                                             for b in bodies]
+        # requests that reach a busy node go to its actor together: one Ray call per batch
+        replies = list(pool.map(lambda b: predict(server, "wfpredict/chain", b),
+                                ["batchsize"] * 12))
+    sizes = [int(r.text.removeprefix("hello from the archive batch of ").rstrip("!"))
+             for r in replies]
+    assert max(sizes) > 1, sizes
+    assert all(1 <= n <= 4 for n in sizes), sizes  # the spec's batch-size
 
 
 def test_a_placement_no_node_can_take_fails_registration_clearly(frontends):
