@@ -48,6 +48,7 @@ class ModelOptions:
     owner: str | None = None
     loaded_at_startup: bool = False
     version: str | None = None
+    ray: dict[str, Any] | None = None  # Ray placement options (POST /models?ray=<JSON>)
 
 
 def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
@@ -217,7 +218,7 @@ class ModelManager:
                           uses_torch=_uses_torch(model_dir, raw, handler))
         queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
-        placement = ray_placement(acfg, per_model, name)  # checked even without Ray
+        placement = ray_placement(acfg, per_model, name, opts.ray)  # checked even without Ray
         factory = WorkerProcess if self.ray is None else \
             self.ray.worker_factory(model_dir, placement)
         pool = WorkerPool(spec, queue, devices=devices, sock_dir=self.sock_dir,
@@ -229,7 +230,7 @@ class ModelManager:
                           batch_size=batch_size, max_batch_delay=delay, response_timeout=rt,
                           startup_timeout=st, queue=queue, pool=pool, min_workers=min_workers,
                           max_workers=max_workers, loaded_at_startup=opts.loaded_at_startup,
-                          owner=opts.owner)
+                          owner=opts.owner, ray=opts.ray)
         mv_holder.append(mv)
         return mv
 

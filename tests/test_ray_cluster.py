@@ -190,6 +190,22 @@ def test_batches_and_handler_errors_are_those_of_a_local_worker(frontends):
     assert all(1 <= n <= 4 for n in sizes), sizes  # the spec's batch-size
 
 
+def test_a_registration_places_its_model_over_the_archive_config(cluster, frontends):
+    server = frontends[0]
+    reply = requests.post(f"{server.management_url}/models",
+                          params={"url": "echo.mar", "model_name": "echo_a",
+                                  "initial_workers": 1,
+                                  "ray": '{"resources": {"a": 1}, "num_cpus": 0.25}'},
+                          timeout=HTTP_TIMEOUT)
+    assert reply.status_code == 200, reply.text
+    assert predict(server, "predictions/echo_a", "on a").text == "hello from the archive on a"
+    pids = worker_pids(server, "echo_a")  # the archive says node b; the registration, a
+    assert len(pids) == 1 and set(pids) <= set(cluster.nodes["a"].worker_pids())
+    reply = requests.delete(f"{server.management_url}/models/echo_a", timeout=HTTP_TIMEOUT)
+    assert reply.status_code == 200, reply.text
+    assert wait_until(lambda: not any(pid_alive(p) for p in pids), 30, 0.2)
+
+
 def test_a_placement_no_node_can_take_fails_registration_clearly(frontends):
     server = frontends[0]
     reply = requests.post(f"{server.management_url}/models",

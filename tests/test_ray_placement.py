@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import subprocess
 import sys
 import textwrap
@@ -20,13 +21,14 @@ from dagserve.engine import cli
 from dagserve.engine.config import load_config
 from dagserve.engine.errors import BadRequestError
 from dagserve.engine.messages import Param, Request, Response
+from dagserve.engine.properties import parse_properties
 from dagserve.engine.workers import protocol
 from dagserve.engine.workers.ray_cluster import _label_matches, zip_directory
-from dagserve.engine.workers.ray_placement import RayPlacement, ray_placement
+from dagserve.engine.workers.ray_placement import RayPlacement, ray_param, ray_placement
 from server_utils import ECHO_HANDLER, build_mar, free_port, start_server
 
 
-def test_defaults_and_model_config_overriding_config_properties_key_by_key():
+def test_defaults_then_config_properties_model_config_registration_key_by_key():
     assert ray_placement({}, {}, "m") == RayPlacement()
     placement = ray_placement(
         {"ray": {"num_cpus": 0.5, "label_selector": {"zone": "eu-1"}}},
@@ -37,6 +39,20 @@ def test_defaults_and_model_config_overriding_config_properties_key_by_key():
         "num_cpus": 0.5, "num_gpus": 0.0, "max_restarts": 0, "max_task_retries": 0,
         "resources": {"gpu_box": 1.0}, "label_selector": {"zone": "eu-1"}}
     assert placement.threads() == 1 and RayPlacement(num_cpus=3).threads() == 3
+    assert ray_placement({"ray": {"num_cpus": 0.5}}, {}, "m", {"num_cpus": 3}).num_cpus == 3
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{", ["Parameter ray must be a JSON object: "]),
+    ("[1]", ["Parameter ray must be a JSON object, got '[1]'"]),
+])
+def test_the_ray_registration_parameter_is_a_json_object(text, words):
+    assert ray_param(None) is None and ray_param("") is None
+    assert ray_param('{"num_gpus": 1}') == {"num_gpus": 1}
+    with pytest.raises(BadRequestError) as info:
+        ray_param(text)
+    for word in words:
+        assert word in info.value.message
 
 
 @pytest.mark.parametrize("section, words", [
@@ -125,17 +141,37 @@ def test_without_ray_address_ray_is_never_imported(tmp_path):
     assert out.stdout.strip() == "False"
 
 
-def test_bad_ray_options_are_a_400_at_registration_even_without_a_cluster(tmp_path):
+def test_ray_options_are_checked_at_registration_and_kept_in_snapshots(tmp_path):
+    """Without a cluster too: a bad option is a 400; the registration's are snapshotted
+    and come back with the model after a restart."""
     store = tmp_path / "store"
     build_mar(store, "placed", ECHO_HANDLER, config_yaml="ray:\n  num_cpus: lots\n")
-    with start_server(tmp_path / "server", model_store=store,
-                      args=["--disable-token-auth", "--enable-model-api", "--ncs"]) as server:
-        reply = requests.post(f"{server.management_url}/models",
-                              params={"url": "placed.mar", "initial_workers": 1}, timeout=60)
+    build_mar(store, "echo", ECHO_HANDLER)
+    args = ["--disable-token-auth", "--enable-model-api"]
+    with start_server(tmp_path / "server", model_store=store, args=args) as server:
+        models = f"{server.management_url}/models"
+        reply = requests.post(models, params={"url": "placed.mar", "initial_workers": 1},
+                              timeout=60)
         assert reply.status_code == 400, reply.text
         assert reply.json()["message"] == \
             "model placed: ray.num_cpus must be a number >= 0, got 'lots'"
-        assert requests.get(f"{server.management_url}/models", timeout=60).json()["models"] == []
+        for ray, message in (("{", "Parameter ray must be a JSON object: "),
+                             ('{"num_gpu": 1}', "unknown ray option(s) num_gpu")):
+            reply = requests.post(models, params={"url": "echo.mar", "ray": ray}, timeout=60)
+            assert reply.status_code == 400 and message in reply.json()["message"], reply.text
+        assert requests.get(models, timeout=60).json()["models"] == []
+        reply = requests.post(models, params={"url": "echo.mar", "initial_workers": 1,
+                                              "ray": '{"resources": {"b": 1}}'}, timeout=60)
+        assert reply.status_code == 200, reply.text
+
+    def snapshotted() -> dict:
+        newest = max((tmp_path / "server" / "logs" / "config").glob("*.cfg"))
+        return json.loads(parse_properties(newest.read_text())["model_snapshot"])
+
+    assert snapshotted()["models"]["echo"]["1.0"]["ray"] == {"resources": {"b": 1}}
+    with start_server(tmp_path / "server", model_store=store, args=args) as server:
+        assert requests.get(f"{server.management_url}/models/echo", timeout=60).ok
+    assert snapshotted()["models"]["echo"]["1.0"]["ray"] == {"resources": {"b": 1}}
 
 
 @pytest.mark.parametrize("address, words", [

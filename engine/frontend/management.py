@@ -32,6 +32,7 @@ from ..registry import ModelVersion, Registry
 from ..tasks import TaskOwner
 from ..shared_models import workflows_using
 from ..workers.process import WorkerStartError
+from ..workers.ray_placement import ray_param
 from .params import (
     bool_param,
     int_param,
@@ -126,7 +127,8 @@ class ManagementRoutes:
             max_batch_delay=int_param(params, "max_batch_delay", None, minimum=0),
             initial_workers=int_param(params, "initial_workers", default_workers, minimum=0),
             response_timeout=int_param(params, "response_timeout", None, minimum=1),
-            startup_timeout=int_param(params, "startup_timeout", None, minimum=1))
+            startup_timeout=int_param(params, "startup_timeout", None, minimum=1),
+            ray=ray_param(_str_param(params, "ray")))
         synchronous = bool_param(params, "synchronous", True)
         mv = await self.models.register(url, opts, synchronous=synchronous)
         if synchronous:
@@ -276,7 +278,7 @@ def management_openapi() -> bytes:
                 "responses": {"200": {"description": "OK"}}}
 
     register = ["url", "model_name", "handler", "runtime", "batch_size", "max_batch_delay",
-                "initial_workers", "synchronous", "response_timeout", "startup_timeout"]
+                "initial_workers", "synchronous", "response_timeout", "startup_timeout", "ray"]
     scale = ["min_worker", "max_worker", "synchronous", "timeout"]
     paths = {
         "/": {"options": op("Get the API description", [])},

@@ -1,8 +1,9 @@
 """Where and with what a model's Ray actors run: the ``ray:`` options of one model.
 
 They come from the ``ray`` entry of the model's version in the ``models`` key of
-config.properties and, key by key over it, from the ``ray:`` section of the model's
-``model-config.yaml`` (the precedence of the other per-model settings), e.g.::
+config.properties, then key by key over it the ``ray:`` section of the model's
+``model-config.yaml``, then the registration's ``ray`` parameter (``POST /models?ray=<JSON
+object>``): the precedence of the other per-model settings. E.g.::
 
     ray:
       num_cpus: 0.5                    # Ray logical CPUs per worker (default 1)
@@ -17,6 +18,7 @@ cluster is configured.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -90,13 +92,27 @@ def _section(where: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def ray_param(text: str | None) -> dict[str, Any] | None:
+    """The ``ray`` registration parameter: a JSON object (checked fully by ray_placement)."""
+    if text is None or text == "":
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise BadRequestError(f"Parameter ray must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequestError(f"Parameter ray must be a JSON object, got {text!r}")
+    return value
+
+
 def ray_placement(model_config: Mapping[str, Any], properties: Mapping[str, Any],
-                  model: str) -> RayPlacement:
-    """The placement of ``model`` from the ``ray`` entry of its config.properties
-    ``models`` settings, overridden key by key by its model-config ``ray:`` section; raises
-    BadRequestError naming the model and the key."""
+                  model: str, registration: Mapping[str, Any] | None = None) -> RayPlacement:
+    """The placement of ``model``: the ``ray`` entry of its config.properties ``models``
+    settings, overridden key by key by its model-config ``ray:`` section, then by the
+    registration's; raises BadRequestError naming the model and the key."""
     merged = _section(f"model {model} (config.properties models)", properties.get("ray"))
     merged.update(_section(f"model {model} (model-config.yaml)", model_config.get("ray")))
+    merged.update(_section(f"model {model} (registration)", registration))
     where = f"model {model}"
     kwargs: dict[str, Any] = {}
     for key in ("num_cpus", "num_gpus"):
