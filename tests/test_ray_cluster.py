@@ -1,8 +1,9 @@
 """Workers on a real two-node Ray cluster started on this machine (``ray start --head`` and
 a second ``ray start --address``), with two dagserve frontends on it: a model and a 3-node
-workflow placed on both nodes (by custom resource and by node label, from model-config.yaml
-and from the registration), answers checked through both frontends, the model's files
-unpacked on the actors' node, handler errors as for a local worker, scaling, then one
+workflow placed on both nodes (by custom resource and by node label; from model-config.yaml,
+config.properties and the registration), answers checked through both frontends, the model's
+files unpacked on the actors' node, batches and handler errors as for a local worker,
+placements that cannot be served refused clearly, scaling of models and workflows, then one
 node's worker processes killed: clear 5xx at once, recovery, and no process left at the end.
 
 Skipped only when Ray is not installed (``make test`` installs ``dagserve[ray]``)."""
@@ -132,8 +133,8 @@ def frontends(cluster, tmp_path_factory):
                                               "--ncs"]))
         yield servers
     finally:
-        for server in servers:
-            assert server.stop() == 0, server.output()[-3000:]
+        codes = [(server.stop(), server.output()[-3000:]) for server in servers]
+        assert all(code == 0 for code, _ in codes), codes
     # a frontend that stops takes its actors with it
     assert wait_until(lambda: not any(n.worker_pids("ModelActor")
                                       for n in cluster.nodes.values()), 30, 0.2)
