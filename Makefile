@@ -18,7 +18,7 @@ $(PY):
 
 $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,fast]'
+	$(PIP) install -q -e '.[dev,fast,grpc]'
 	touch $@
 
 # torchserve / torch-model-archiver / torch-workflow-archiver as aliases (a real
@@ -62,7 +62,8 @@ examples: setup-examples
 
 serve: examples
 	$(VENV)/bin/dagserve --start --foreground --model-store model_store --workflow-store wf_store \
-		--models shapes=shapes.mar shapes_ts=shapes_ts.mar --workflows all \
+		--models shapes=shapes.mar shapes_ts=shapes_ts.mar streaming_words=streaming_words.mar \
+		--workflows all \
 		--disable-token-auth --ncs $(PORT_ARGS)
 
 bench: setup

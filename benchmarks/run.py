@@ -24,6 +24,7 @@ from .artifacts import BenchArtifacts, build_artifacts
 from .machine import machine_info
 from .peer import DEFAULT_VENV, PeerError, TorchServeInstall, ensure_torchserve, torchserve_env
 from .profile import ProfileError, find_py_spy, start_record
+from .protocols import kept_section
 from .report import (DAGSERVE, TORCHSERVE, Check, RunInfo, ServerInfo, evaluate_targets,
                      render_results)
 from .scenarios import (ECHO_BODY, SCENARIOS, Budget, ScenarioResult, deployed, measure,
@@ -240,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                               if client == "python" else "")),
                    servers=infos, duration_s=time.perf_counter() - started, notes=notes)
     text = render_results(info, results, checks, args.scenario_keys, py_spy_note)
-    args.results.write_text(text, encoding="utf-8")
+    kept = kept_section(args.results)  # the protocols benchmark's section stays
+    args.results.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text,
+                            encoding="utf-8")
     raw = {"run": {"command": info.command, "date": info.date, "machine": machine,
                    "client": client, "seconds": budget.seconds, "warmup_s": budget.warmup_s},
            "servers": [vars(s) for s in infos],

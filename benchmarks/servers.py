@@ -70,6 +70,10 @@ def write_config(path: Path, ports: Ports, store: Path, *, workers_per_model: in
         "install_py_dep_per_model=false",
         "default_response_timeout=120",
     ]
+    # both servers open gRPC ports too (7070/7071 by default): free ones, so that two
+    # servers at once never collide
+    lines += [f"grpc_{api}_port={port}"
+              for api, port in zip(("inference", "management"), free_ports(2))]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

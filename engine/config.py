@@ -78,6 +78,20 @@ class Config:
     token_expiration_min: float = 60.0
     model_snapshot: str | None = None
     startup_warnings: tuple[str, ...] = ()
+    # gRPC (TorchServe's keys; the servers are in frontend/grpc/)
+    grpc_inference_address: str = "127.0.0.1"
+    grpc_management_address: str = "127.0.0.1"
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
+    grpc_inference_max_connection_age_ms: int | None = None
+    grpc_management_max_connection_age_ms: int | None = None
+    grpc_inference_max_connection_age_grace_ms: int | None = None
+    grpc_management_max_connection_age_grace_ms: int | None = None
+    enable_grpc_ssl: bool = False  # TLS on both gRPC ports (certificate_file, private_key_file)
+    # the Open Inference Protocol (KServe v2) on the inference ports; TorchServe's key (and
+    # TS_OPEN_INFERENCE_PROTOCOL=oip); on unless set to false (TorchServe: off by default)
+    ts_open_inference_protocol: bool = True
+    service_envelope: str | None = None  # json, body, kserve or kservev2, for every model
     ray_address: str | None = None  # auto, host:port or ray://host:port: workers on Ray
 
     @property
@@ -91,18 +105,24 @@ class Config:
 _BOOL_KEYS = {"enable_model_api", "disable_token_authorization", "decode_input_request",
               "install_py_dep_per_model", "enable_envvars_config", "limit_max_image_pixels",
               "enable_metrics_api", "disable_system_metrics", "use_env_allowed_urls",
-              "worker_fork_server"}
+              "worker_fork_server", "enable_grpc_ssl", "ts_open_inference_protocol"}
 _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_timeout",
              "default_startup_timeout", "max_request_size", "max_response_size", "batch_size",
              "max_batch_delay", "number_of_gpu", "unregister_model_timeout",
              "metric_time_interval", "max_archive_size", "max_archive_entries",
-             "max_archive_ratio", "request_header_timeout", "request_body_timeout"}
+             "max_archive_ratio", "request_header_timeout", "request_body_timeout",
+             "grpc_inference_port", "grpc_management_port",
+             "grpc_inference_max_connection_age_ms", "grpc_management_max_connection_age_ms",
+             "grpc_inference_max_connection_age_grace_ms",
+             "grpc_management_max_connection_age_grace_ms"}
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
              "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
-             "blacklist_env_vars", "default_service_handler", "model_snapshot", "ray_address"}
+             "blacklist_env_vars", "default_service_handler", "model_snapshot",
+             "grpc_inference_address", "grpc_management_address", "ray_address"}
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path", "certificate_file",
               "private_key_file", "metrics_config"}
 _READ_ONLY_BOOLS = {"enable_envvars_config", "use_env_allowed_urls"}  # steer loading only
+ENVELOPES = ("json", "body", "kserve", "kservev2")
 _LIST_KEYS = {"load_models", "load_workflows"}
 
 
@@ -164,6 +184,11 @@ def apply_properties(cfg: Config, props: Mapping[str, str], base: Path) -> Confi
             changes[key] = _split_list(value)
         elif key == "allowed_urls":
             changes[key] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif key == "service_envelope":
+            if value and value not in ENVELOPES:
+                raise ConfigError(f"service_envelope must be one of {', '.join(ENVELOPES)}, "
+                                  f"got {value!r}")
+            changes[key] = value or None
         elif key == "token_expiration_min":
             try:
                 changes[key] = float(value)
@@ -201,6 +226,9 @@ def load_config(*, config_file: Path | None = None, environ: Mapping[str, str] |
         overrides = env_overrides(environ, allow_urls=allow_urls)
         cfg = apply_properties(cfg, overrides, workdir)
         props = {**props, **overrides}
+    if environ.get("TS_OPEN_INFERENCE_PROTOCOL"):  # TorchServe reads it whatever the config
+        cfg = replace(cfg, ts_open_inference_protocol=environ["TS_OPEN_INFERENCE_PROTOCOL"]
+                      == "oip")
     warning = startup_warning(props)
     cfg = replace(cfg, startup_warnings=(warning,) if warning else ())
     given = {k: v for k, v in flags.items() if v is not None}

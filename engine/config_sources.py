@@ -21,7 +21,9 @@ _FIELD_NAMES = {"token_expiration_min": "TS_TOKEN_EXPIRATION_TIME_MIN",
 # Keys ConfigManager holds in fields without the TS_ prefix: never read from the environment.
 _NOT_FROM_ENV = frozenset({"use_native_io", "io_ratio", "metric_time_interval",
                            "enable_envvars_config", "model_snapshot", "models", "version",
-                           "system_metrics_cmd", "use_env_allowed_urls"})
+                           "system_metrics_cmd", "use_env_allowed_urls",
+                           # read whatever enable_envvars_config says (config.load_config)
+                           "ts_open_inference_protocol"})
 ENV_NAMES: dict[str, str] = {
     _FIELD_NAMES.get(key, "TS_" + key.upper()): key
     for key in [*CONFIG_KEYS, *sorted(DAGSERVE_KEYS - {"tsConfigFile", "workflow_snapshot"})]

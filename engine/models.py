@@ -215,7 +215,8 @@ class ModelManager:
                           server_version=SERVER_VERSION,
                           limit_max_image_pixels=self.cfg.limit_max_image_pixels,
                           max_retry_timeout_s=extra.max_retry_timeout_s,
-                          uses_torch=_uses_torch(model_dir, raw, handler))
+                          uses_torch=_uses_torch(model_dir, raw, handler),
+                          envelope=self.cfg.service_envelope)
         queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         placement = ray_placement(acfg, per_model, name, opts.ray)  # checked even without Ray

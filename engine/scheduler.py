@@ -134,8 +134,11 @@ def _cancelled_from_outside() -> bool:
     return task is None or task.cancelling() > 0
 
 
-async def call_node(plan: NodePlan, target, request: Request, params: list[Param]) -> Response:
-    """One node, with its timeout per attempt and retries with backoff."""
+async def call_node(plan: NodePlan, target, request: Request, params: list[Param],
+                    may_stream: bool = False) -> Response:
+    """One node, with its timeout per attempt and retries with backoff. A node whose handler
+    streams is collected into one response, unless ``may_stream`` (it is the response
+    node): then its stream is returned as it is produced."""
     loop = asyncio.get_running_loop()
     last = "no attempt made"
     status = 500
@@ -150,6 +153,12 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
             future = target.queue.submit(Request(request.id, params, request.headers))
             timer = loop.call_later(plan.timeout_s, _expire, future, expired, target.pool)
             resp: Response = await future
+            if resp.__class__ is not Response:  # a stream: its first chunk is out
+                if may_stream:
+                    target.stats.count(200, loop.time() - started)
+                    return resp
+                timer.cancel()
+                resp = await resp.collect()
         except asyncio.CancelledError:
             if not expired or _cancelled_from_outside():
                 if future is not None and future.cancelled():  # a deadline, a failed sibling
@@ -179,8 +188,11 @@ async def run_chain(chain: tuple[NodePlan, ...], targets: dict, request: Request
     """A linear DAG in the calling task: each node gets the previous output as ``body``."""
     params = request.params
     resp = None
+    last = chain[-1]
     for node in chain:
-        resp = await call_node(node, targets[node.name], request, params)
+        resp = await call_node(node, targets[node.name], request, params, node is last)
+        if node is last:
+            break
         params = [Param("body", None, resp.value)]
     assert resp is not None
     return resp
@@ -199,7 +211,8 @@ async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
         while True:
             node = plan.nodes[name]
             outputs[name] = await call_node(node, targets[name], request,
-                                            node_inputs(node, request, outputs))
+                                            node_inputs(node, request, outputs),
+                                            not node.children and len(plan.leaves) == 1)
             ready = []
             for child in node.children:
                 waiting[child] -= 1

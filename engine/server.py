@@ -16,6 +16,7 @@ from aiohttp import web
 from .auth import make_auth_middleware
 from .config import Config, split_address
 from .errors import DagserveError
+from .frontend.grpc import start_grpc
 from .frontend.http_guard import guard
 from .frontend.inference import build_inference_server
 from .frontend.management import build_management_app
@@ -54,6 +55,7 @@ class Frontends:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.runners: list[web.BaseRunner] = []
+        self._stop_grpc = None
 
     async def start(self) -> None:
         rt, cfg = self.runtime, self.runtime.cfg
@@ -66,7 +68,7 @@ class Frontends:
             rt.registry, middlewares=[common, *auth.get("inference", [])],
             max_request_size=cfg.max_request_size, run_workflow=rt.workflows.run,
             max_response_size=cfg.max_response_size, readiness=rt.readiness,
-            access_log=None)
+            open_inference=cfg.ts_open_inference_protocol, access_log=None)
         management = build_management_app(rt, middlewares=[common, *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
             (cfg.inference_address, web.ServerRunner(inference, handle_signals=False)),
@@ -82,8 +84,13 @@ class Frontends:
             self.runners.append(runner)
             await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True,
                               ssl_context=context_for(address, ssl_context)).start()
+        self._stop_grpc = await start_grpc(cfg, registry=rt.registry,
+                                           run_workflow=rt.workflows.run,
+                                           management_owner=rt, keys=rt.keys)
 
     async def stop(self) -> None:
+        if self._stop_grpc is not None:
+            await self._stop_grpc()
         for runner in self.runners:
             await runner.cleanup()
 

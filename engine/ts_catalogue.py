@@ -69,7 +69,8 @@ CONFIG_KEYS = _entries([
     ("max_response_size", S, ""),
     ("limit_max_image_pixels", S, "false lifts Pillow's decompression-bomb limit in workers"),
     ("default_service_handler", S, "handler of an archive that names none"),
-    ("service_envelope", U, "request envelopes are not applied by the server"),
+    ("service_envelope", S, "json, body, kserve or kservev2, for every model's requests "
+                            "(Open Inference Protocol requests always get kservev2)"),
     ("model_server_home", U, "TorchServe's install directory; nothing to locate"),
     ("model_store", S, ""),
     ("workflow_store", S, ""),
@@ -77,20 +78,25 @@ CONFIG_KEYS = _entries([
     ("allowed_urls", S, "comma list of regexes, each must match the whole url"),
     ("install_py_dep_per_model", S, "pip --target into the model's own directory"),
     ("enable_metrics_api", S, "false: the metrics port is not opened"),
-    ("grpc_inference_address", U, "gRPC is not served by this build"),
-    ("grpc_management_address", U, "gRPC is not served by this build"),
-    ("grpc_inference_port", U, "gRPC is not served by this build"),
-    ("grpc_management_port", U, "gRPC is not served by this build"),
-    ("enable_grpc_ssl", U, "gRPC is not served by this build"),
+    ("grpc_inference_address", S, ""),
+    ("grpc_management_address", S, ""),
+    ("grpc_inference_port", S, "7070; also the Open Inference Protocol's gRPC service"),
+    ("grpc_management_port", S, "7071"),
+    ("grpc_inference_max_connection_age_ms", S, ""),
+    ("grpc_management_max_connection_age_ms", S, ""),
+    ("grpc_inference_max_connection_age_grace_ms", S, ""),
+    ("grpc_management_max_connection_age_grace_ms", S, ""),
+    ("enable_grpc_ssl", S, "TLS with certificate_file and private_key_file (PEM)"),
     ("initial_worker_port", U, "workers use Unix sockets, not ports"),
     ("initial_distribution_port", U, "no torchrun-distributed workers"),
     ("cpp_log_config", U, "no C++ backend"),
-    ("ts_open_inference_protocol", U, "the Open Inference Protocol is not served by this "
-                                      "build"),
+    ("ts_open_inference_protocol", D, "the /v2 routes and gRPC service are on unless this "
+                                      "is false (TorchServe: off unless true)"),
     ("token_expiration_min", S, "minutes (default 60)"),
-    ("ts_header_key_sequence_id", U, "no sequence batching (stateful models)"),
-    ("ts_header_key_sequence_start", U, "no sequence batching"),
-    ("ts_header_key_sequence_end", U, "no sequence batching"),
+    ("ts_header_key_sequence_id", U, "sequence headers keep TorchServe's default names "
+                                     "(ts_request_sequence_id)"),
+    ("ts_header_key_sequence_start", U, "default name ts_request_sequence_start"),
+    ("ts_header_key_sequence_end", U, "default name ts_request_sequence_end"),
     ("disable_token_authorization", S, ""),
     ("enable_model_api", S, "also gates registering and deleting workflows"),
     ("use_native_io", U, "Netty's epoll/kqueue switch"),
@@ -108,7 +114,8 @@ CONFIG_KEYS = _entries([
 # Keys dagserve reads beyond TorchServe's (never warned about).
 DAGSERVE_KEYS = frozenset({"load_workflows", "batch_size", "max_batch_delay", "tsConfigFile",
                            "workflow_snapshot", "plugins_path", "worker_fork_server",
-                           "ray_address"})
+                           "max_archive_size", "max_archive_entries", "max_archive_ratio",
+                           "request_header_timeout", "request_body_timeout", "ray_address"})
 
 # Environment variables TorchServe's start-up reads.
 ENV_VARS = _entries([
@@ -118,6 +125,8 @@ ENV_VARS = _entries([
     ("METRICS_LOCATION", S, "directory of the metrics logs (default logs/)"),
     ("TS_<FIELD>", S, "with enable_envvars_config=true, e.g. TS_JOB_QUEUE_SIZE, "
                       "TS_TOKEN_EXPIRATION_TIME_MIN"),
+    ("TS_OPEN_INFERENCE_PROTOCOL", S, "oip: the Open Inference Protocol on; anything else: "
+                                      "off (whatever the config says, as TorchServe)"),
 ])
 
 # Every key ModelConfig.java (v0.12.0) reads from model-config.yaml, plus ``pt2`` and
@@ -142,12 +151,13 @@ MODEL_CONFIG_KEYS = _entries([
     ("torchrun", U, "no torchrun-distributed workers"),
     ("clientTimeoutInMills", U, "requests are bounded by responseTimeout instead"),
     ("useJobTicket", U, "a full queue already answers 503 at once"),
-    ("sequenceMaxIdleMSec", U, "no sequence batching"),
-    ("sequenceTimeoutMSec", U, "no sequence batching"),
-    ("maxSequenceJobQueueSize", U, "no sequence batching"),
-    ("maxNumSequence", U, "no sequence batching"),
+    ("sequenceMaxIdleMSec", U, "a sequence closes when its last waiting request ends"),
+    ("sequenceTimeoutMSec", U, "a sequence closes when its last waiting request ends"),
+    ("maxSequenceJobQueueSize", S, "requests of a sequence waiting behind the running one"),
+    ("maxNumSequence", S, "open sequences (at least batch size x max workers)"),
     ("continuousBatching", U, "no continuous batching"),
-    ("sequenceBatching", U, "no sequence batching"),
+    ("sequenceBatching", D, "a sequence's requests run one at a time, in order; they are "
+                            "not pinned to one worker"),
     ("asyncCommunication", U, "no asynchronous worker protocol"),
     ("nnodes", U, "torchrun"),
     ("nproc-per-node", U, "torchrun"),
@@ -200,8 +210,8 @@ API_ROUTES = _entries([
     ("GET /token", S, ""),
     ("GET /metrics", S, "with CPU, memory, disk (and GPU) system metrics"),
     ("POST /v1/models/{m}:predict", U, "KServe v1 is not served by this build"),
-    ("POST /v2/models/{m}/infer", U, "the Open Inference Protocol is not served by this "
-                                     "build"),
+    ("POST /v2/models/{m}/infer", S, "also a workflow's name; /v2, health, metadata, ready "
+                                     "and /explain too (docs/protocols.md)"),
     ("POST /invocations, /models/{m}/invoke", U, "SageMaker routes"),
     ("plugin endpoints", U, "Java plugins cannot load"),
 ])

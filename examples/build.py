@@ -107,6 +107,8 @@ def archives() -> list[Archive]:
         # all-MiniLM-L6-v2 from the installed package: a handler-only archive.
         _mar("minilm_embedder", str(TEXT / "embedder_handler.py"), extra=(TEXT / "minilm.py",),
              requirements=TEXT / "requirements.txt", text=True),
+        # Streams its input back word by word (send_intermediate_predict_response).
+        _mar("streaming_words", str(EXAMPLES / "streaming" / "words_handler.py")),
         _war("shapes_chain", shapes_chain / "shapes_chain.yaml",
              shapes_chain / "shapes_chain_handler.py", (image_input, node_output)),
         _war("shapes_ensemble", ensemble / "shapes_ensemble.yaml",

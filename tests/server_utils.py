@@ -46,6 +46,7 @@ from typing import Iterable, Mapping, Sequence
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTED_LINE = "Model server started."
 API_NAMES = ("inference", "management", "metrics")
+GRPC_NAMES = ("grpc_inference", "grpc_management")  # ports as config keys <name>_port
 
 # -- handlers for tiny test models ---------------------------------------------------------
 
@@ -175,6 +176,7 @@ def write_ts_config(path: Path, ports: Mapping[str, int],
     """A config.properties with the three addresses on 127.0.0.1 and ``extra`` keys
     (booleans written as true/false, dicts as JSON)."""
     lines = [f"{api}_address=http://127.0.0.1:{ports[api]}" for api in API_NAMES]
+    lines += [f"{api}_port={ports[api]}" for api in GRPC_NAMES if api in ports]
     for key, value in (extra or {}).items():
         if isinstance(value, bool):
             value = "true" if value else "false"
@@ -266,6 +268,14 @@ class RunningServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['metrics']}"
+
+    @property
+    def grpc_inference_target(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc_inference']}"
+
+    @property
+    def grpc_management_target(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc_management']}"
 
     @property
     def pid(self) -> int:
@@ -364,7 +374,8 @@ def start_server(workdir: Path, *, model_store: Path | None = None, args: Sequen
     attempts = 1 if ports is not None else 3
     last_error = ""
     for _ in range(attempts):
-        chosen = dict(ports) if ports is not None else {api: free_port() for api in API_NAMES}
+        chosen = dict(ports) if ports is not None else \
+            {api: free_port() for api in API_NAMES + GRPC_NAMES}
         _server_count += 1
         config_path = write_ts_config(workdir / f"config-{_server_count}.properties", chosen,
                                       config)

@@ -44,7 +44,7 @@ def test_statuses_are_known_and_supported_config_keys_are_parsed():
         assert all(e.status in STATUSES for e in entries.values())
     parsed = (config_module._BOOL_KEYS | config_module._INT_KEYS | config_module._STR_KEYS
               | config_module._PATH_KEYS | config_module._LIST_KEYS
-              | {"allowed_urls", "models", "token_expiration_min"})
+              | {"allowed_urls", "models", "token_expiration_min", "service_envelope"})
     for key, entry in CONFIG_KEYS.items():
         if entry.status == UNSUPPORTED:
             assert key not in parsed, f"{key} is parsed but the catalogue says unsupported"

@@ -28,7 +28,13 @@ from ..registry import Registry
 from ..messages import Request, Response
 from .http_input import read_params
 from .openapi import inference_openapi, model_openapi
+from ..workers.stream import ResultStream
 from .responses import handler_response, json_response
+from ..handler.context import SEQUENCE_ID_HEADER
+from .sequences import gates_for, sequence_headers
+from .streaming import stream_response
+from .v2.core import OpenInference
+from .v2.rest import V2Routes
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 
@@ -41,11 +47,15 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 class InferenceRoutes:
     def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
-                 max_response_size: int | None = None, readiness: Readiness | None = None):
+                 max_response_size: int | None = None, readiness: Readiness | None = None,
+                 open_inference: bool = False):
         self.registry = registry
         self.readiness = readiness or Readiness(registry)
         self.run_workflow = run_workflow
         self.max_response_size = max_response_size
+        self.sequences = gates_for(registry)  # stateful models (sequenceBatching)
+        # the Open Inference Protocol's /v2 routes (ts_open_inference_protocol)
+        self.v2 = V2Routes(OpenInference(registry, run_workflow)) if open_inference else None
 
     def _reply(self, resp: Response) -> web.Response:
         limit = self.max_response_size
@@ -73,11 +83,23 @@ class InferenceRoutes:
         if explain:
             headers["explain"] = "True"
         req = Request(request["request_id"], await read_params(request), headers)
+        gate = self.sequences.for_model(mv)
         status = 500
         try:
-            resp = await mv.queue.submit(req)
-            status = resp.code
-            return self._reply(resp)
+            if gate is None:
+                resp = await mv.queue.submit(req)
+            else:  # a stateful model: the request's turn in its sequence
+                sequence = sequence_headers(headers, request.headers.get(SEQUENCE_ID_HEADER))
+                resp = await gate.run(sequence, partial(mv.queue.submit, req))
+            if resp.__class__ is ResultStream:  # the handler streams its results
+                status = 200
+                out = await stream_response(resp)
+            else:
+                status = resp.code
+                out = self._reply(resp)
+            if gate is not None:
+                out.headers[SEQUENCE_ID_HEADER] = sequence
+            return out
         except BaseException as exc:
             status = getattr(exc, "status", 500)
             raise
@@ -91,7 +113,10 @@ class InferenceRoutes:
         if self.run_workflow is None:
             raise ResourceNotFoundError()
         req = Request(request["request_id"], await read_params(request), dict(request.headers))
-        return self._reply(await self.run_workflow(workflow, req, entry.version))
+        resp = await self.run_workflow(workflow, req, entry.version)
+        if resp.__class__ is ResultStream:  # the response node streams: pass it through
+            return await stream_response(resp)
+        return self._reply(resp)
 
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
@@ -145,6 +170,8 @@ class InferenceRouter:
             return routes.options if method == "OPTIONS" else _not_allowed
         elif path == "/api-description":
             return routes.options if method == "GET" else _not_allowed
+        if n >= 2 and parts[1] == "v2" and routes.v2 is not None:
+            return routes.v2.resolve(method, parts) or _not_found
         return _not_found
 
 
@@ -187,10 +214,11 @@ def build_inference_server(registry: Registry, *, middlewares: list, max_request
                            run_workflow: WorkflowRunner | None = None,
                            max_response_size: int | None = None,
                            readiness: Readiness | None = None,
+                           open_inference: bool = False,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
     router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size,
-                                             readiness))
+                                             readiness, open_inference))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

@@ -311,9 +311,14 @@ def management_openapi() -> bytes:
     return json.dumps(doc, indent=2).encode()
 
 
+def routes_for(runtime) -> ManagementRoutes:
+    """The management calls over a runtime (the REST app's and the gRPC service's)."""
+    return ManagementRoutes(runtime.cfg, runtime.registry, runtime.models, runtime.tasks,
+                            runtime.persist)
+
+
 def build_management_app(runtime: Runtime, middlewares: list) -> web.Application:
-    routes = ManagementRoutes(runtime.cfg, runtime.registry, runtime.models, runtime.tasks,
-                              runtime.persist)
+    routes = routes_for(runtime)
     app = web.Application(middlewares=middlewares, client_max_size=runtime.cfg.max_request_size)
     r = app.router
     r.add_route("OPTIONS", "/", routes.options)

@@ -17,6 +17,10 @@ from .metrics import MetricsCache
 
 __all__ = ["Context", "RequestProcessor"]
 
+SEQUENCE_ID_HEADER = "ts_request_sequence_id"
+SEQUENCE_START_HEADER = "ts_request_sequence_start"
+SEQUENCE_END_HEADER = "ts_request_sequence_end"
+
 
 class RequestProcessor:
     """The request headers of one request, and the response status/headers set for it."""
@@ -105,6 +109,12 @@ class Context:
         self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {}
         self.stopping_criteria = None  # TorchServe streaming hook; not used by dagserve
         self.cl_socket = None
+        # set by the worker process: sends intermediate results (handler/streaming.py)
+        self.intermediate_sender = None
+        # the request headers that carry a sequence (stateful models, TorchServe's names)
+        self.header_key_sequence_id = SEQUENCE_ID_HEADER
+        self.header_key_sequence_start = SEQUENCE_START_HEADER
+        self.header_key_sequence_end = SEQUENCE_END_HEADER
 
     @property
     def system_properties(self) -> dict:
@@ -133,6 +143,10 @@ class Context:
         if self.request_ids is None:
             return None
         return self.request_ids.get(idx)
+
+    def get_sequence_id(self, idx: int) -> str | None:
+        """The sequence request ``idx`` belongs to (gRPC StreamPredictions2), else None."""
+        return self._processor(idx).get_request_property(self.header_key_sequence_id)
 
     def get_request_header(self, idx: int, key: str) -> Any:
         return self._processor(idx).get_request_property(key)

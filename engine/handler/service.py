@@ -33,9 +33,13 @@ from .context import Context, RequestProcessor
 from .loader import EntryPoint, load_handler
 from .metrics import MetricsCache
 from .model_config import load_model_config
+from .request_envelope import envelope_class
+from .streaming import StreamCancelled
 from .util import PredictionException
 
 __all__ = ["Service", "ServiceConfig", "load_service"]
+
+V2_HEADER = "dagserve-protocol-v2"  # request header: came through the Open Inference Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,7 @@ class ServiceConfig:
     limit_max_image_pixels: bool = True
     server_version: str = ""
     config_file: str | None = None  # model-config YAML; relative paths are in model_dir
+    envelope: str | None = None  # service_envelope: every batch goes through it
 
 
 def load_service(config: ServiceConfig) -> Service:
@@ -74,7 +79,7 @@ def load_service(config: ServiceConfig) -> Service:
                       config.gpu_id, config.server_version, config.limit_max_image_pixels,
                       MetricsCache(config.model_name), yaml_config)
     entry = load_handler(handler, model_dir, context)
-    return Service(context, entry, decode_input=config.decode_input)
+    return Service(context, entry, decode_input=config.decode_input, envelope=config.envelope)
 
 
 def decode_value(content_type: str | None, value: bytes) -> Any:
@@ -130,10 +135,15 @@ class Service:
     """Serves batches with one loaded handler."""
 
     def __init__(self, context: Context, entry_point: EntryPoint, *,
-                 decode_input: bool = True) -> None:
+                 decode_input: bool = True, envelope: str | None = None) -> None:
         self.context = context
-        self._entry_point = entry_point
         self._decode_input = decode_input
+        self._raw_entry = entry_point
+        if envelope:
+            entry_point = envelope_class(envelope)(entry_point).handle
+        self._entry_point = entry_point
+        # Requests that came through the Open Inference Protocol: the kservev2 envelope
+        self._v2_entry = entry_point if envelope == "kservev2" else None
 
     def predict(self, requests: list[Request]) -> tuple[list[Response], list[dict]]:
         """Run one batch; never raises. Returns the responses (in request order) and the
@@ -157,7 +167,11 @@ class Service:
 
         start = time.perf_counter()
         try:
-            output = self._entry_point(batch, context)
+            output = self._call(requests, batch, context)
+        except StreamCancelled:
+            print(f"model {context.model_name}: stream stopped: its client went away",
+                  file=sys.stderr)
+            return self._fail(requests, 499, "Client closed the stream")
         except MemoryError:
             traceback.print_exc(file=sys.stderr)
             return self._fail(requests, 507, "Out of resources: the worker ran out of memory")
@@ -195,6 +209,31 @@ class Service:
             return self._fail(requests, 503, "Unsupported model output data type.")
         metrics.add_time("HandlerTime", round(elapsed_ms, 3))
         return responses, metrics.drain()
+
+    def _call(self, requests: list[Request], batch: list[dict], context: Context) -> Any:
+        """The handler on the batch; requests marked as Open Inference Protocol ones go
+        through the kservev2 envelope (a batch of both kinds: one call for each)."""
+        v2 = [i for i, req in enumerate(requests) if V2_HEADER in req.headers]
+        if not v2:
+            return self._entry_point(batch, context)
+        if self._v2_entry is None:
+            self._v2_entry = envelope_class("kservev2")(self._raw_entry).handle
+        if len(v2) == len(requests):
+            return self._v2_entry(batch, context)
+        marked = set(v2)
+        plain = [i for i in range(len(requests)) if i not in marked]
+        output: list = [None] * len(requests)
+        processors, ids = context.request_processor or [], context.request_ids or {}
+        for entry, subset in ((self._entry_point, plain), (self._v2_entry, v2)):
+            context.request_processor = [processors[i] for i in subset]
+            context.request_ids = {k: ids.get(i) for k, i in enumerate(subset)}
+            part = entry([batch[i] for i in subset], context)
+            if not isinstance(part, list) or len(part) != len(subset):
+                return part  # reported as the handler's wrong output below
+            for i, item in zip(subset, part):
+                output[i] = item
+        context.request_processor, context.request_ids = processors, ids
+        return output
 
     @staticmethod
     def _response(req_id: str, value: bytes, processor: RequestProcessor) -> Response:

@@ -40,6 +40,14 @@ ALIASES: dict[str, str] = {
     "ts.handler_utils.micro_batching": f"{_BASE}.micro_batching",
     "ts.protocol.otf_message_handler": f"{_BASE}.otf_message_handler",
     "ts.torch_handler.unit_tests.test_utils.mock_context": f"{_BASE}.mock_context",
+    # the request envelopes and streaming helpers (protocols)
+    "ts.torch_handler.request_envelope": f"{_BASE}.request_envelope",
+    "ts.torch_handler.request_envelope.base": f"{_BASE}.request_envelope.base",
+    "ts.torch_handler.request_envelope.body": f"{_BASE}.request_envelope.body",
+    "ts.torch_handler.request_envelope.json": f"{_BASE}.request_envelope.json",
+    "ts.torch_handler.request_envelope.kserve": f"{_BASE}.request_envelope.kserve",
+    "ts.torch_handler.request_envelope.kservev2": f"{_BASE}.request_envelope.kservev2",
+    "ts.handler_utils.utils": f"{_BASE}.streaming",
 }
 PACKAGES = frozenset({"ts", "ts.torch_handler", "ts.utils", "ts.metrics", "ts.handler_utils",
                       "ts.protocol", "ts.torch_handler.unit_tests",

@@ -15,6 +15,8 @@ swallow it.
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 INTERRUPT_SIGNAL = signal.SIGUSR1
 
@@ -28,14 +30,34 @@ class BatchGuard:
 
     def __init__(self) -> None:
         self.running = False
+        self._holding = False  # a frame is being sent: interrupting now would cut it
+        self._held = False  # a signal came while holding
 
     def install(self) -> None:
         signal.signal(INTERRUPT_SIGNAL, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         if self.running:
+            if self._holding:
+                self._held = True
+                return
             self.running = False  # one signal, one interruption
             raise BatchInterrupted()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Within the batch, defer an interruption to the end of this block (a streamed
+        chunk's frame is sent whole or not at all)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            if self._held and self.running:
+                self._held = False
+                self.running = False
+                raise BatchInterrupted()
+            self._held = False
 
     def __enter__(self) -> "BatchGuard":
         self.running = True

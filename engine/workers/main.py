@@ -72,13 +72,17 @@ def _one_line(exc: BaseException, limit: int = 2000) -> str:
 
 def serve(sock: socket.socket, service: Any, guard: BatchGuard | None = None) -> None:
     """Answer ``predict`` frames until the peer closes the socket."""
-    read = protocol.FrameReader(sock).read
+    from .intermediate import IntermediateChannel
+
     sendall = sock.sendall
     decode_predict, encode_result = protocol.decode_predict, protocol.encode_result
     predict = service.predict
     if guard is None:
         guard = BatchGuard()
         guard.install()
+    channel = IntermediateChannel(sock, protocol.FrameReader(sock), guard)
+    service.context.intermediate_sender = channel.send
+    read = channel.next_frame
     interrupted = protocol.pack({"op": "interrupted"})
     while True:
         try:
@@ -87,6 +91,8 @@ def serve(sock: socket.socket, service: Any, guard: BatchGuard | None = None) ->
             return
         op = meta.get("op")
         if op != "predict":
+            if op == "cancel":  # the stream it names has already ended
+                continue
             raise protocol.ProtocolError(f"unexpected frame op {op!r} (expected 'predict')")
         requests = decode_predict(meta, body)
         try:
@@ -98,6 +104,8 @@ def serve(sock: socket.socket, service: Any, guard: BatchGuard | None = None) ->
             sendall(interrupted)
             continue
         sendall(encode_result(responses, metrics))
+        if channel.cancelled:
+            channel.cancelled.difference_update(r.id for r in requests)
 
 
 def _settle_heap() -> None:

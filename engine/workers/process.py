@@ -47,6 +47,7 @@ from .endpoint import after_listening, peer_is_own_user, remove, worker_address
 from .interrupt import INTERRUPT_SIGNAL
 from .launch import ForkServerLauncher, SubprocessLauncher, WorkerHandle
 from .spec import Job, WorkerSpec, WorkerStartError  # noqa: F401 - also imported from here
+from .streaming_jobs import StreamingJobs, wanted
 
 log = logging.getLogger("dagserve.workers")
 
@@ -60,7 +61,7 @@ EXIT_DRAIN_S = 1.0  # after the process exits, wait this long for its last frame
 Launcher = ForkServerLauncher | SubprocessLauncher
 
 
-class WorkerProcess:
+class WorkerProcess(StreamingJobs):
     node_id: str | None = None  # the Ray node of a Ray worker (ray_worker.py); None: here
 
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
@@ -254,6 +255,8 @@ class WorkerProcess:
         for job in self._inflight:
             if not job.future.done():
                 job.future.set_exception(error)
+            elif job.stream is not None:
+                job.stream.fail(error)
         if self.on_gone is not None:
             self.on_gone(self)
         self.kill()
@@ -264,10 +267,8 @@ class WorkerProcess:
         """``future``'s waiter gave up on it (it is done: cancelled). If it belongs to the
         running batch and no job of that batch is wanted any more, interrupt the batch."""
         jobs = self._inflight
-        if self._grace is None and not self._dead and not self._timed_out and jobs and \
-                any(job.future is future for job in jobs) and \
-                all(job.future.done() for job in jobs):
-            self._interrupt()
+        if jobs and any(job.future is future for job in jobs):
+            self._interrupt_if_unwanted()
 
     def _interrupt(self) -> None:
         if self._proc is None or self._proc.returncode is not None:
@@ -294,6 +295,8 @@ class WorkerProcess:
             self._on_result(meta, body)
         elif op == "interrupted":
             self._on_interrupted()
+        elif op == "partial":
+            self._on_partial(meta, body)
         elif op == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -319,7 +322,7 @@ class WorkerProcess:
             self._inflight = self._held.popleft()
             self.held_jobs -= len(self._inflight)
             self._start_batch(now)
-            if all(job.future.done() for job in self._inflight) and not self._timed_out:
+            if not any(wanted(job) for job in self._inflight) and not self._timed_out:
                 self._interrupt()  # nobody waits for it any more
         else:
             self._inflight = []
@@ -337,7 +340,11 @@ class WorkerProcess:
     def _on_interrupted(self) -> None:
         if not self._inflight:
             return
-        live = [job for job in self._finish_running() if not job.future.done()]
+        jobs = self._finish_running()
+        for job in jobs:  # (streams of an interrupted batch had no client left)
+            if job.stream is not None:
+                job.stream.fail(WorkerError("Worker interrupted the batch", 503))
+        live = [job for job in jobs if not job.future.done()]
         if live:  # a result still wanted: the batch runs again, on this or another worker
             if self.on_requeue is not None:
                 self.on_requeue(live)
@@ -354,9 +361,14 @@ class WorkerProcess:
         for job, resp in zip(jobs, responses):
             if not job.future.done():
                 job.future.set_result(resp)
+            elif job.stream is not None:
+                job.stream.finish(resp)
         for job in jobs[len(responses):]:
+            error = WorkerError("number of batch response mismatched", 503)
             if not job.future.done():
-                job.future.set_exception(WorkerError("number of batch response mismatched", 503))
+                job.future.set_exception(error)
+            elif job.stream is not None:
+                job.stream.fail(error)
         metrics = meta.get("metrics")
         if metrics and self._on_metrics is not None:
             try:
@@ -384,6 +396,8 @@ class WorkerProcess:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)
+            elif job.stream is not None:
+                job.stream.fail(error)
         if unstarted:
             if self.on_unstarted is not None:
                 self.on_unstarted(self, unstarted)
@@ -406,3 +420,4 @@ class WorkerProcess:
             self._conn.close()
         self.kill()
         self._on_exit(self, reason)
+

@@ -13,6 +13,11 @@ Operations (the ``op`` key of ``meta``):
                 request's parameter bytes, in order
 ``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...]}``;
                 body = every response's bytes, in order
+``partial``     worker -> frontend, any number before the ``result`` of a batch: intermediate
+                results a handler streamed (``send_intermediate_predict_response``), laid
+                out as ``result`` (responses only for the requests that got a chunk)
+``cancel``      frontend -> worker: ``{"op", "ids": [request id ...]}``: their clients went
+                away mid-stream; the handler's next intermediate send for them raises
 
 Both sides pay for a frame on every batch, so encoding is kept cheap: one shared compact
 JSON encoder (``json.dumps`` with options builds a new encoder per call), one ``join`` that
@@ -78,7 +83,8 @@ def decode_predict(meta: dict, body: bytes | bytearray | memoryview) -> list[Req
     return out
 
 
-def encode_result(responses: list[Response], metrics: list[dict] | None = None) -> bytes:
+def encode_result(responses: list[Response], metrics: list[dict] | None = None,
+                  op: str = "result") -> bytes:
     resps = []
     chunks: list[bytes] = []
     size = 0
@@ -94,10 +100,18 @@ def encode_result(responses: list[Response], metrics: list[dict] | None = None) 
         resps.append(item)
         chunks.append(value)
         size += len(value)
-    meta: dict = {"op": "result", "resps": resps}
+    meta: dict = {"op": op, "resps": resps}
     if metrics:
         meta["metrics"] = metrics
     return _pack_parts(meta, chunks, size)
+
+
+def encode_partial(responses: list[Response]) -> bytes:
+    return encode_result(responses, None, "partial")
+
+
+def encode_cancel(request_ids: list[str]) -> bytes:
+    return pack({"op": "cancel", "ids": request_ids})
 
 
 def decode_result(meta: dict, body: bytes) -> list[Response]:
@@ -176,6 +190,11 @@ class FrameReader:
         self._view = memoryview(self._buf)
         self._start = 0  # unread bytes are self._buf[self._start:self._end]
         self._end = 0
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes of a next frame are already read (select() on the socket would miss them)."""
+        return self._end > self._start
 
     def _fill(self, need: int) -> None:
         """Make at least ``need`` (<= buffer size) unread bytes available."""

@@ -31,6 +31,7 @@ class WorkerSettings:
     limit_max_image_pixels: bool = True
     server_version: str = ""
     config_file: str | None = None  # model-config YAML, else the manifest's
+    envelope: str | None = None  # service_envelope: a request envelope for every batch
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -63,7 +64,8 @@ class WorkerSettings:
             model_dir=Path(self.model_dir), model_name=self.model_name,
             handler=self.handler or None, gpu_id=self.gpu_id, batch_size=max(1, self.batch_size),
             decode_input=self.decode_input, limit_max_image_pixels=self.limit_max_image_pixels,
-            server_version=self.server_version, config_file=self.config_file or None)
+            server_version=self.server_version, config_file=self.config_file or None,
+            envelope=self.envelope or None)
 
 
 _TYPES = {"str": (str,), "int": (int,), "bool": (bool,)}

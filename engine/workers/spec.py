@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import protocol
 from .settings import WorkerSettings
+from .stream import ResultStream
 
 
 @dataclass
@@ -29,6 +30,7 @@ class WorkerSpec:
     limit_max_image_pixels: bool = True
     max_retry_timeout_s: float = 300.0  # maxRetryTimeoutInSec: how long restarts are tried
     uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
+    envelope: str | None = None  # service_envelope
 
     def settings_for(self, address: str | Path, gpu_id: int | None,
                      threads: int) -> WorkerSettings:
@@ -37,7 +39,8 @@ class WorkerSpec:
             socket=str(address), model_dir=str(self.model_dir), model_name=self.model_name,
             handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
             decode_input=self.decode_input, server_version=self.server_version,
-            config_file=self.config_file, limit_max_image_pixels=self.limit_max_image_pixels)
+            config_file=self.config_file, limit_max_image_pixels=self.limit_max_image_pixels,
+            envelope=self.envelope)
 
 
 @dataclass(slots=True)
@@ -45,6 +48,7 @@ class Job:
     request: protocol.Request
     future: asyncio.Future
     enqueued: float
+    stream: ResultStream | None = None  # set at the handler's first intermediate result
 
 
 class WorkerStartError(Exception):
