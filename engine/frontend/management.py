@@ -71,6 +71,11 @@ def memory_usage(pid: int | None) -> int:
     return 0
 
 
+def ray_node(worker: Any) -> str | None:
+    """The Ray node id of a worker that is a Ray actor (workers/ray_worker.py), else None."""
+    return getattr(worker, "node_id", None)
+
+
 def iso_time(ts: float) -> str:
     """TorchServe's worker start time: ``2024-05-01T10:11:12.345Z``."""
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -187,9 +192,9 @@ class ManagementRoutes:
         workers = [{"id": w.id, "startTime": iso_time(w.start_time),
                     "status": "READY" if w.alive and w.status == "READY" else w.status,
                     # a Ray worker's pid is a process on its Ray node, maybe another host
-                    "memoryUsage": memory_usage(w.pid) if w.node_id is None else 0,
+                    "memoryUsage": 0 if ray_node(w) else memory_usage(w.pid),
                     "pid": w.pid if w.pid else -1, "gpu": w.gpu_id is not None,
-                    "gpuUsage": "N/A", **({"rayNode": w.node_id} if w.node_id else {})}
+                    "gpuUsage": "N/A", **({"rayNode": ray_node(w)} if ray_node(w) else {})}
                    for w in list(mv.pool.workers) if w.alive]
         return {
             "modelName": mv.name, "modelVersion": mv.version, "modelUrl": mv.url,

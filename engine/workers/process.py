@@ -62,8 +62,6 @@ Launcher = ForkServerLauncher | SubprocessLauncher
 
 
 class WorkerProcess(StreamingJobs):
-    node_id: str | None = None  # the Ray node of a Ray worker (ray_worker.py); None: here
-
     def __init__(self, spec: WorkerSpec, *, sock_dir: Path, gpu_id: int | None, threads: int,
                  log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
                  on_idle: Callable[["WorkerProcess"], None],
@@ -228,9 +226,7 @@ class WorkerProcess(StreamingJobs):
             self._start_batch(time.perf_counter())
         self._send(jobs)
 
-    def _send(self, jobs: list[Job]) -> None:
-        """One ``predict`` frame down the socket (a Ray worker makes it a Ray call)."""
-        assert self._conn is not None
+    def _send(self, jobs: list[Job]) -> None:  # ray_worker.py: a Ray call instead
         try:
             self._conn.send(protocol.encode_predict([j.request for j in jobs]))
         except ConnectionError:
