@@ -8,6 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
 ALIASES_STAMP := $(VENV)/.aliases-installed
+RAY_STAMP := $(VENV)/.ray-installed
 PORT_ARGS ?=
 
 .PHONY: setup setup-examples test faults fuzz serve examples bench clean
@@ -34,7 +35,12 @@ $(EXAMPLES_STAMP): $(STAMP)
 
 setup-examples: $(EXAMPLES_STAMP) $(ALIASES_STAMP)
 
-test: setup-examples
+# Ray is optional (dagserve[ray]); without it tests/test_ray_cluster.py is skipped.
+$(RAY_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[ray]' || echo "ray extra not installed: the Ray cluster test is skipped"
+	touch $@
+
+test: setup-examples $(RAY_STAMP)
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl) \
 		|| echo "openssl missing: the TLS tests are skipped"
 	$(PY) -m pytest -q

@@ -92,6 +92,7 @@ class Config:
     # TS_OPEN_INFERENCE_PROTOCOL=oip); on unless set to false (TorchServe: off by default)
     ts_open_inference_protocol: bool = True
     service_envelope: str | None = None  # json, body, kserve or kservev2, for every model
+    ray_address: str | None = None  # auto, host:port or ray://host:port: workers on Ray
 
     @property
     def key_file(self) -> Path:
@@ -117,7 +118,7 @@ _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_ti
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
              "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
              "blacklist_env_vars", "default_service_handler", "model_snapshot",
-             "grpc_inference_address", "grpc_management_address"}
+             "grpc_inference_address", "grpc_management_address", "ray_address"}
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path", "certificate_file",
               "private_key_file", "metrics_config"}
 _READ_ONLY_BOOLS = {"enable_envvars_config", "use_env_allowed_urls"}  # steer loading only

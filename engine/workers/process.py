@@ -220,13 +220,16 @@ class WorkerProcess(StreamingJobs):
 
     def dispatch(self, jobs: list[Job]) -> None:
         """Send a batch: the one to run now, or (while one runs) the one to run next."""
-        assert self._conn is not None and jobs
+        assert jobs
         if self._inflight:
             self._held.append(jobs)
             self.held_jobs += len(jobs)
         else:
             self._inflight = jobs
             self._start_batch(time.perf_counter())
+        self._send(jobs)
+
+    def _send(self, jobs: list[Job]) -> None:  # ray_worker.py: a Ray call instead
         try:
             self._conn.send(protocol.encode_predict([j.request for j in jobs]))
         except ConnectionError:
