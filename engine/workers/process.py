@@ -1,8 +1,7 @@
 """One worker process: spawn it, wait for its ``ready`` frame, send it batches, collect
 results, and notice at once when it dies or passes its response timeout.
 
-A worker that dies fails the requests it held with a 5xx right away (never a hang); the pool
-decides whether to start another.
+A dead worker fails the requests it held with a 5xx at once; its pool may start another.
 
 A worker may hold batches behind the one it is running (the queue sends them: see
 ``BatchQueue``); it reads the next from its socket the moment it is done, instead of waiting
@@ -24,8 +23,7 @@ interrupted (``abandon``): the worker gets ``SIGUSR1``, stops the batch and answ
 ``interrupted`` (see ``interrupt.py``); a worker that does not within ``INTERRUPT_GRACE_S``
 is killed and replaced by its pool. Either way the worker is free for the next request.
 
-The worker connects to a Unix socket the frontend listens on until then: an abstract one on
-Linux, so no AF_UNIX path-length limit however deep the temporary directory (endpoint.py)."""
+The worker connects to the frontend's Unix socket (abstract on Linux: endpoint.py)."""
 
 from __future__ import annotations
 
