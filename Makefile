@@ -8,6 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
 ALIASES_STAMP := $(VENV)/.aliases-installed
+RAY_STAMP := $(VENV)/.ray-installed
 PORT_ARGS ?=
 
 .PHONY: setup setup-examples browser test faults fuzz serve examples bench clean
@@ -40,7 +41,12 @@ browser:
 		(apt-get update -q && apt-get install -y -q chromium) || \
 		echo "chromium not installed: the dashboard's browser test will be skipped"
 
-test: setup-examples browser
+# Ray is optional (dagserve[ray]); without it tests/test_ray_cluster.py is skipped.
+$(RAY_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[ray]' || echo "ray extra not installed: the Ray cluster test is skipped"
+	touch $@
+
+test: setup-examples $(RAY_STAMP) browser
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl) \
 		|| echo "openssl missing: the TLS tests are skipped"
 	$(PY) -m pytest -q

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable-model-api", "--model-api-enabled", dest="enable_model_api",
                         action="store_true",
                         help="allow registering and deleting models and workflows over HTTP")
+    parser.add_argument("--ray-address", dest="ray_address", metavar="ADDRESS",
+                        help="run workers as actors on this Ray cluster: 'auto', a GCS "
+                             "host:port, or ray://host:port (needs dagserve[ray])")
     return parser
 
 
@@ -92,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         log_config=args.log_config,
         plugins_path=args.plugins_path,
         foreground=bool(args.foreground),
+        ray_address=args.ray_address,
     )
 
 

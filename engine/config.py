@@ -95,6 +95,7 @@ class Config:
     trace_ring_size: int = 200  # traces kept in memory (tracing.py)
     otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; None: no export
     otel_service_name: str = "dagserve"
+    ray_address: str | None = None  # auto, host:port or ray://host:port: workers on Ray
 
     @property
     def key_file(self) -> Path:
@@ -120,7 +121,7 @@ _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_ti
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
              "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
              "blacklist_env_vars", "default_service_handler", "model_snapshot",
-             "grpc_inference_address", "grpc_management_address",
+             "grpc_inference_address", "grpc_management_address", "ray_address",
              "otel_exporter_otlp_endpoint", "otel_service_name"}
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path", "certificate_file",
               "private_key_file", "metrics_config"}

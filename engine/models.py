@@ -25,7 +25,8 @@ from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.devices import DeviceConfigError, ModelDevices
 from .workers.pool import DeviceAllocator, WorkerPool
-from .workers.process import Launcher, WorkerSpec, WorkerStartError
+from .workers.process import Launcher, WorkerProcess, WorkerSpec, WorkerStartError
+from .workers.ray_placement import ray_placement
 
 log = logging.getLogger("dagserve.models")
 
@@ -47,6 +48,7 @@ class ModelOptions:
     owner: str | None = None
     loaded_at_startup: bool = False
     version: str | None = None
+    ray: dict[str, Any] | None = None  # Ray placement options (POST /models?ray=<JSON>)
 
 
 def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
@@ -95,8 +97,9 @@ class ModelManager:
     def __init__(self, cfg: Config, registry: Registry, *, intake: ArchiveIntake,
                  work_dir: Path, devices: DeviceAllocator, model_log: TextIO | None,
                  tasks: TaskOwner, launcher: Launcher, on_change: Callable[[], None],
-                 on_metrics: Callable[[ModelVersion, list[dict]], None]):
+                 on_metrics: Callable[[ModelVersion, list[dict]], None], ray=None):
         self.cfg = cfg
+        self.ray = ray  # a RayCluster when ray_address is set: workers are Ray actors
         self.registry = registry
         self.intake = intake
         self.sock_dir = work_dir / "sockets"
@@ -216,15 +219,19 @@ class ModelManager:
                           envelope=self.cfg.service_envelope)
         queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
+        placement = ray_placement(acfg, per_model, name, opts.ray)  # checked even without Ray
+        factory = WorkerProcess if self.ray is None else \
+            self.ray.worker_factory(model_dir, placement)
         pool = WorkerPool(spec, queue, devices=devices, sock_dir=self.sock_dir,
                           log_file=self.model_log, tasks=self.tasks, launcher=self.launcher,
-                          on_metrics=lambda m: self.on_metrics(mv_holder[0], m))
+                          on_metrics=lambda m: self.on_metrics(mv_holder[0], m),
+                          worker_factory=factory)
         mv = ModelVersion(name=name, version=version, url=url, model_dir=model_dir,
                           manifest=raw, handler=handler, runtime=runtime,
                           batch_size=batch_size, max_batch_delay=delay, response_timeout=rt,
                           startup_timeout=st, queue=queue, pool=pool, min_workers=min_workers,
                           max_workers=max_workers, loaded_at_startup=opts.loaded_at_startup,
-                          owner=opts.owner)
+                          owner=opts.owner, ray=opts.ray)
         mv_holder.append(mv)
         return mv
 

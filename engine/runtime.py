@@ -16,6 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import workdir
 from .auth import KeyStore
@@ -59,6 +60,7 @@ class Runtime:
     system_metrics: SystemMetrics  # CPUUtilization ... in /metrics (TorchServe's names)
     readiness: Readiness  # Readiness.report(): /ping?ready=true, the v2 health/ready
     tracer: Tracer  # per-request traces, and their OpenTelemetry export when configured
+    ray: Any = None  # a workers.ray_cluster.RayCluster when ray_address is set
 
     @classmethod
     def build(cls, cfg: Config, tasks: TaskOwner) -> "Runtime":
@@ -67,14 +69,20 @@ class Runtime:
         for warning in cfg.startup_warnings:  # config keys read but not supported
             log.warning(warning)
         work_dir = workdir.create()  # and remove those of killed servers
+        ray = None
         try:
+            if cfg.ray_address:  # Ray is imported only then
+                from .workers.ray_cluster import RayCluster
+
+                ray = RayCluster.connect(cfg.ray_address)
             registry = Registry()
             metrics = MetricsCollector(registry, log=logs.metrics)
             snapshots = SnapshotManager(cfg, registry) if cfg.snapshots else None
-            # blacklist_env_vars: the fork server and every worker start without them
+            # blacklist_env_vars: the fork server and every worker start without them; on
+            # Ray no worker is a local process: no fork server importing torch for nothing
             env = worker_environment(os.environ, cfg.blacklist_env_vars)
             launcher = ForkServerLauncher(tasks, logs.model.file, env=env) \
-                if cfg.worker_fork_server else SubprocessLauncher(env)
+                if cfg.worker_fork_server and ray is None else SubprocessLauncher(env)
             models = ModelManager(
                 cfg, registry, intake=ArchiveIntake(
                     cfg.allowed_urls, work_dir, max_total_bytes=cfg.max_archive_size,
@@ -82,7 +90,7 @@ class Runtime:
                 work_dir=work_dir, devices=DeviceAllocator(visible_gpu_count(cfg.number_of_gpu)),
                 model_log=logs.model.file, tasks=tasks, launcher=launcher,
                 on_change=snapshots.changed if snapshots is not None else _nothing,
-                on_metrics=metrics.record_handler_metrics)
+                on_metrics=metrics.record_handler_metrics, ray=ray)
             workflows = WorkflowManager(cfg, registry, models)
             keys = None if cfg.disable_token_authorization else \
                 KeyStore.load_or_create(cfg.key_file, cfg.token_expiration_min)
@@ -90,6 +98,8 @@ class Runtime:
             system_metrics.register(metrics.prometheus)
             tracer = tracer_for(cfg)
         except BaseException:
+            if ray is not None:
+                ray.close()
             logs.close()
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
@@ -102,7 +112,7 @@ class Runtime:
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,
                    metrics=metrics, snapshots=snapshots, models=models, workflows=workflows,
                    keys=keys, system_metrics=system_metrics, readiness=Readiness(registry),
-                   tracer=tracer)
+                   tracer=tracer, ray=ray)
 
     def persist(self) -> None:
         """Write the snapshot of a change just made, before the API answers (SIGKILL-safe)."""
@@ -135,6 +145,8 @@ class Runtime:
         try:
             await self.tasks.close()
             await self.models.close_all()
+            if self.ray is not None:
+                self.ray.close()
             if self.snapshots is not None:
                 self.snapshots.write("shutdown")
                 self.snapshots.close()

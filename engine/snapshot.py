@@ -167,6 +167,8 @@ class SnapshotManager:
         manifest_handler = ((mv.manifest or {}).get("model") or {}).get("handler")
         if mv.handler and mv.handler != manifest_handler:
             state["handler"] = mv.handler
+        if mv.ray:
+            state["ray"] = mv.ray  # the registration's Ray placement
         return state
 
     # -- restoring -----------------------------------------------------------------------
@@ -264,7 +266,8 @@ class SnapshotManager:
             initial_workers=_int_or_none(state, "minWorkers"),
             max_workers=_int_or_none(state, "maxWorkers"),
             response_timeout=_int_or_none(state, "responseTimeout"),
-            startup_timeout=_int_or_none(state, "startupTimeout"))
+            startup_timeout=_int_or_none(state, "startupTimeout"),
+            ray=state["ray"] if isinstance(state.get("ray"), dict) else None)
         mv = await manager.register(url, opts, synchronous=True)
         if mv.version != version:
             log.warning("snapshot had version %s of model %s, but %s now holds version %s",

@@ -32,6 +32,7 @@ from ..registry import ModelVersion, Registry
 from ..tasks import TaskOwner
 from ..shared_models import workflows_using
 from ..workers.process import WorkerStartError
+from ..workers.ray_placement import ray_param
 from .params import (
     bool_param,
     int_param,
@@ -69,6 +70,11 @@ def memory_usage(pid: int | None) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def ray_node(worker: Any) -> str | None:
+    """The Ray node id of a worker that is a Ray actor (workers/ray_worker.py), else None."""
+    return getattr(worker, "node_id", None)
 
 
 def iso_time(ts: float) -> str:
@@ -127,7 +133,8 @@ class ManagementRoutes:
             max_batch_delay=int_param(params, "max_batch_delay", None, minimum=0),
             initial_workers=int_param(params, "initial_workers", default_workers, minimum=0),
             response_timeout=int_param(params, "response_timeout", None, minimum=1),
-            startup_timeout=int_param(params, "startup_timeout", None, minimum=1))
+            startup_timeout=int_param(params, "startup_timeout", None, minimum=1),
+            ray=ray_param(_str_param(params, "ray")))
         synchronous = bool_param(params, "synchronous", True)
         mv = await self.models.register(url, opts, synchronous=synchronous)
         if synchronous:
@@ -185,8 +192,10 @@ class ManagementRoutes:
         gpu = bool(getattr(mv.pool.devices, "gpu_count", 0))
         workers = [{"id": w.id, "startTime": iso_time(w.start_time),
                     "status": "READY" if w.alive and w.status == "READY" else w.status,
-                    "memoryUsage": memory_usage(w.pid), "pid": w.pid if w.pid else -1,
-                    "gpu": w.gpu_id is not None, "gpuUsage": "N/A"}
+                    # a Ray worker's pid is a process on its Ray node, maybe another host
+                    "memoryUsage": 0 if ray_node(w) else memory_usage(w.pid),
+                    "pid": w.pid if w.pid else -1, "gpu": w.gpu_id is not None,
+                    "gpuUsage": "N/A", **({"rayNode": ray_node(w)} if ray_node(w) else {})}
                    for w in list(mv.pool.workers) if w.alive]
         return {
             "modelName": mv.name, "modelVersion": mv.version, "modelUrl": mv.url,
@@ -275,7 +284,7 @@ def management_openapi() -> bytes:
                 "responses": {"200": {"description": "OK"}}}
 
     register = ["url", "model_name", "handler", "runtime", "batch_size", "max_batch_delay",
-                "initial_workers", "synchronous", "response_timeout", "startup_timeout"]
+                "initial_workers", "synchronous", "response_timeout", "startup_timeout", "ray"]
     scale = ["min_worker", "max_worker", "synchronous", "timeout"]
     paths = {
         "/": {"options": op("Get the API description", [])},

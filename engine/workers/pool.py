@@ -61,10 +61,12 @@ def visible_gpu_count(configured: int | None,
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, queue: BatchQueue, *, devices: DeviceAllocator,
                  sock_dir: Path, log_file: TextIO | None, tasks: TaskOwner, launcher: Launcher,
-                 on_metrics: Callable[[list[dict]], None] | None = None):
+                 on_metrics: Callable[[list[dict]], None] | None = None,
+                 worker_factory: Callable[..., WorkerProcess] = WorkerProcess):
         self.spec = spec
         self.tasks = tasks
         self.launcher = launcher
+        self.worker_factory = worker_factory  # WorkerProcess, or a Ray actor's (ray_cluster)
         self.queue = queue
         self.devices = devices
         self.sock_dir = sock_dir
@@ -96,10 +98,11 @@ class WorkerPool:
         return max(1, ((os.cpu_count() or 1) - 1) // max(1, self.min_workers))
 
     async def _start_one(self) -> WorkerProcess:
-        worker = WorkerProcess(self.spec, sock_dir=self.sock_dir, gpu_id=self.devices.next(),
-                               threads=self._threads(), log_file=self.log_file,
-                               tasks=self.tasks, launcher=self.launcher, on_idle=self._worker_idle, on_exit=self._on_exit,
-                               on_metrics=self.on_metrics)
+        worker = self.worker_factory(self.spec, sock_dir=self.sock_dir,
+                                     gpu_id=self.devices.next(), threads=self._threads(),
+                                     log_file=self.log_file, tasks=self.tasks,
+                                     launcher=self.launcher, on_idle=self._worker_idle,
+                                     on_exit=self._on_exit, on_metrics=self.on_metrics)
         self.workers.append(worker)
         try:
             await worker.start()

@@ -1,8 +1,7 @@
 """One worker process: spawn it, wait for its ``ready`` frame, send it batches, collect
 results, and notice at once when it dies or passes its response timeout.
 
-A worker that dies fails the requests it held with a 5xx right away (never a hang); the pool
-decides whether to start another.
+A dead worker fails the requests it held with a 5xx at once; its pool may start another.
 
 A worker may hold batches behind the one it is running (the queue sends them: see
 ``BatchQueue``); it reads the next from its socket the moment it is done, instead of waiting
@@ -24,8 +23,7 @@ interrupted (``abandon``): the worker gets ``SIGUSR1``, stops the batch and answ
 ``interrupted`` (see ``interrupt.py``); a worker that does not within ``INTERRUPT_GRACE_S``
 is killed and replaced by its pool. Either way the worker is free for the next request.
 
-The worker connects to a Unix socket the frontend listens on until then: an abstract one on
-Linux, so no AF_UNIX path-length limit however deep the temporary directory (endpoint.py)."""
+The worker connects to the frontend's Unix socket (abstract on Linux: endpoint.py)."""
 
 from __future__ import annotations
 
@@ -136,11 +134,11 @@ class WorkerProcess(StreamingJobs):
                 raise WorkerStartError(f"worker exited with code {self._proc.returncode} "
                                        "before it loaded the model")
         except TimeoutError:
-            self._abort_start()
+            await self._abort_start()
             raise WorkerStartError(f"worker did not load the model within "
                                    f"{self.spec.startup_timeout:g} s") from None
-        except BaseException:
-            self._abort_start()
+        except BaseException as exc:
+            await self._abort_start(wait=not isinstance(exc, asyncio.CancelledError))
             raise
         finally:
             self._server.close()  # one connection per worker: no more
@@ -157,10 +155,13 @@ class WorkerProcess(StreamingJobs):
         self._conn = conn
         return True
 
-    def _abort_start(self) -> None:
+    async def _abort_start(self, wait: bool = True) -> None:
+        """Kill a worker that did not start; with ``wait``, return once it is gone (bounded)."""
         self.kill()
         if self._conn is not None:
             self._conn.close()
+        if wait and self._exited is not None:
+            await asyncio.wait({self._exited}, timeout=5)
 
     async def _watch_exit(self) -> None:
         assert self._proc is not None
@@ -217,13 +218,16 @@ class WorkerProcess(StreamingJobs):
 
     def dispatch(self, jobs: list[Job]) -> None:
         """Send a batch: the one to run now, or (while one runs) the one to run next."""
-        assert self._conn is not None and jobs
+        assert jobs
         if self._inflight:
             self._held.append(jobs)
             self.held_jobs += len(jobs)
         else:
             self._inflight = jobs
             self._start_batch(time.perf_counter())
+        self._send(jobs)
+
+    def _send(self, jobs: list[Job]) -> None:  # ray_worker.py: a Ray call instead
         try:
             self._conn.send(protocol.encode_predict([j.request for j in jobs]))
         except ConnectionError:

@@ -141,6 +141,20 @@ def parse_header(header: bytes | bytearray | memoryview, offset: int = 0) -> tup
     return meta_len, body_len
 
 
+def split_frame(frame: bytes | bytearray | memoryview) -> tuple[dict, bytes]:
+    """A whole frame held in memory (a Ray actor call's argument or result) as
+    ``(meta, body)``."""
+    view = memoryview(frame)
+    if len(view) < HEADER.size:
+        raise ProtocolError(f"frame of {len(view)} bytes is shorter than its header")
+    meta_len, body_len = parse_header(view)
+    end = HEADER.size + meta_len
+    if len(view) != end + body_len:
+        raise ProtocolError(f"frame holds {len(view)} bytes, its header says "
+                            f"{end + body_len}")
+    return decode_meta(str(view[HEADER.size:end], "utf-8")), bytes(view[end:])
+
+
 # -- blocking side (the worker process) ------------------------------------------------
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
