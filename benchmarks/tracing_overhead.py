@@ -18,8 +18,8 @@ frontend process's CPU time per request (user + system from /proc, warmup includ
     .venv/bin/python -m benchmarks.tracing_overhead --micro   # the bookkeeping alone
 
 ``--micro`` times, in this process, what a traced 3-node request adds to the frontend: a
-trace begun and ended (kept in the ring), three attempts started, dispatched, handled and
-finished; no server, no I/O.
+trace begun and ended (kept in the ring), three attempts started, dispatched and finished;
+no server, no I/O.
 """
 
 from __future__ import annotations
@@ -122,8 +122,7 @@ def micro(n: int = 30_000) -> float:
         for node in order:
             attempt = trace.attempt(node, model, 1, params)
             attempt.dispatched(0.0001, 8, "9000")
-            attempt.handled(0.0001)
-            attempt.finish("ok", 200, "", 64)
+            attempt.finish("ok", 200, "", 64, 0.0001)
         tracer.end(trace, 200)
     return (time.perf_counter() - start) / n * 1e6
 

@@ -192,11 +192,11 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
         target.stats.count(resp.code, loop.time() - started)  # every node has its metrics
         if resp.code < 400:
             if probe is not None:
-                probe.finish("ok", resp.code, "", len(resp.value))
+                probe.finish("ok", resp.code, "", len(resp.value), resp.handler_s)
             return resp
         last = resp.message or resp.value.decode("utf-8", "replace") or f"status {resp.code}"
         if probe is not None:
-            probe.finish("error", resp.code, last, len(resp.value))
+            probe.finish("error", resp.code, last, len(resp.value), resp.handler_s)
         if resp.code < 500:  # the node refused its input: retrying cannot help
             raise NodeFailed(plan.name, resp.code, last)
         status = 500

@@ -12,8 +12,8 @@ Who fills a trace:
 - the scheduler's ``call_node`` (``Trace.attempt``): one :class:`Attempt` per try at a node,
   with bytes in/out and its outcome; ``Trace.skip`` for a node that did not run;
 - the batch queue (``Attempt.dispatched``): queue wait, batch size, worker id;
-- the worker process (``Attempt.handled``): the handler's time for that batch, which the
-  worker reports in its result frame.
+- the worker: the handler's time for the batch, reported in its result frame and carried
+  by the answer (``Response.handler_s``) to ``Attempt.finish``.
 
 Traces are kept in a bounded ring (``trace_ring_size``) and served as JSON on the
 management port (``GET /workflows/{w}/traces/{id}``, ``GET /models/{m}/traces/{id}``).
@@ -69,12 +69,13 @@ class Attempt:
         self.batch_size = batch_size
         self.worker_id = worker_id
 
-    def handled(self, worker_s: float | None) -> None:
-        self.worker_s = worker_s
-
-    def finish(self, outcome: str, code: int, message: str = "", bytes_out: int = 0) -> None:
+    def finish(self, outcome: str, code: int, message: str = "", bytes_out: int = 0,
+               worker_s: float | None = None) -> None:
         """``outcome``: ok, error (the node answered 4xx/5xx), timeout, rejected (no worker,
-        queue full), cancelled (the request ended first)."""
+        queue full), cancelled (the request ended first); ``worker_s``: the handler's time
+        for the batch, as the worker reported it with the answer."""
+        if worker_s is not None:
+            self.worker_s = worker_s
         self.ended = time.perf_counter()
         self.outcome = outcome
         self.code = code

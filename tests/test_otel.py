@@ -49,8 +49,7 @@ def test_request_span_with_one_child_per_attempt_and_skips():
     first.finish("timeout", 504, "timed out after 100 ms")
     second = trace.attempt("classify", FakeModel(), 2, request.params)
     second.dispatched(0.0005, 2, "9002")
-    second.handled(0.003)
-    second.finish("ok", 200, "", 7)
+    second.finish("ok", 200, "", 7, worker_s=0.003)
     trace.skip("fallback", "condition is false")
     tracer.end(trace, 200)
     finished = {(s.name, s.attributes.get("dagserve.attempt")): s

@@ -51,11 +51,12 @@ class FakeQueue:
                 return
             if probe is not None:
                 probe.dispatched(0.0, 1, "fake-worker")
-                probe.handled(self.delay)
             if fail:
-                fut.set_result(Response(request.id, self.code, b"", None, {}, "boom"))
+                fut.set_result(Response(request.id, self.code, b"", None, {}, "boom",
+                                        self.delay))
             else:
-                fut.set_result(Response(request.id, 200, self.fn(request.params)))
+                fut.set_result(Response(request.id, 200, self.fn(request.params),
+                                        handler_s=self.delay))
 
         loop.call_later(self.delay, answer)
         return fut

@@ -69,7 +69,7 @@ async def traced_predict(tracer: Tracer, mv, req: Request, answer_with: Answer,
             status = resp.code
             outcome = "ok" if status < 400 else ("timeout" if status == 504 else "error")
             error = "" if status < 400 else (resp.message or f"status {status}")
-            probe.finish(outcome, status, error, len(resp.value))
+            probe.finish(outcome, status, error, len(resp.value), resp.handler_s)
         else:
             status = 200
             probe.finish("ok", 200, "streams its results")

@@ -356,8 +356,6 @@ class WorkerProcess(StreamingJobs):
         jobs = self._finish_running()
         responses = protocol.decode_result(meta, body)
         for job, resp in zip(jobs, responses):
-            if job.probe is not None:
-                job.probe.handled(meta.get("t"))
             if not job.future.done():
                 job.future.set_result(resp)
             elif job.stream is not None:

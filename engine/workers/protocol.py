@@ -122,14 +122,15 @@ def decode_result(meta: dict, body: bytes) -> list[Response]:
     if len(resps) == 1 and resps[0]["len"] == len(body):  # one response: no copy
         r = resps[0]
         return [Response(r["id"], r["code"], bytes(body), r.get("ct"), r.get("headers") or {},
-                         r.get("msg", ""))]
+                         r.get("msg", ""), meta.get("t"))]
     view = memoryview(body)
     pos = 0
     out = []
+    handler_s = meta.get("t")
     for r in resps:
         n = r["len"]
         out.append(Response(r["id"], r["code"], bytes(view[pos:pos + n]), r.get("ct"),
-                            r.get("headers") or {}, r.get("msg", "")))
+                            r.get("headers") or {}, r.get("msg", ""), handler_s))
         pos += n
     return out
 
