@@ -11,14 +11,14 @@ ALIASES_STAMP := $(VENV)/.aliases-installed
 RAY_STAMP := $(VENV)/.ray-installed
 PORT_ARGS ?=
 
-.PHONY: setup setup-examples test faults fuzz serve examples bench clean
+.PHONY: setup setup-examples browser test faults fuzz serve examples bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,fast,grpc]'
+	$(PIP) install -q -e '.[dev,fast,grpc,otel]'
 	touch $@
 
 # torchserve / torch-model-archiver / torch-workflow-archiver as aliases (a real
@@ -35,12 +35,18 @@ $(EXAMPLES_STAMP): $(STAMP)
 
 setup-examples: $(EXAMPLES_STAMP) $(ALIASES_STAMP)
 
+# Debian's chromium, for the dashboard's browser test (skipped without it)
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q chromium) || \
+		echo "chromium not installed: the dashboard's browser test will be skipped"
+
 # Ray is optional (dagserve[ray]); without it tests/test_ray_cluster.py is skipped.
 $(RAY_STAMP): $(STAMP)
 	$(PIP) install -q -e '.[ray]' || echo "ray extra not installed: the Ray cluster test is skipped"
 	touch $@
 
-test: setup-examples $(RAY_STAMP)
+test: setup-examples $(RAY_STAMP) browser
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl) \
 		|| echo "openssl missing: the TLS tests are skipped"
 	$(PY) -m pytest -q

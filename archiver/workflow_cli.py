@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-path", help="directory to write to (default: current directory)")
     parser.add_argument("--extra-files", help="comma-separated files; a directory contributes its contents")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing archive")
+    parser.add_argument("--graph", metavar="FILE",
+                        help="also write a picture of the DAG: Mermaid (.mmd, .mermaid), "
+                             "Graphviz DOT (.dot, .gv) or JSON (.json), by extension")
     return parser
 
 
@@ -39,6 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     export = Path(args.export_path) if args.export_path is not None else Path.cwd()
     validate, spec_error = spec_validator()
+    if args.graph:
+        from dagserve.workflows.render import RenderError, format_for_path
+
+        try:
+            format_for_path(args.graph)
+        except RenderError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+        validate = _also_drawing(validate, args.workflow_name, Path(args.graph))
     return run_pack(
         PROG, lambda: export / f"{args.workflow_name}.war", args.force,
         lambda: pack_workflow(
@@ -64,6 +76,22 @@ def spec_validator() -> tuple[Callable[[Path], None], type[Exception]]:
             raise ArchiveError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
 
     return validate, SpecError
+
+
+def _also_drawing(validate: Callable[[Path], None], name: str,
+                  picture: Path) -> Callable[[Path], None]:
+    """The spec check, then the DAG's picture written to ``picture`` (the spec is valid)."""
+    from dagserve.workflows import load_spec_file
+    from dagserve.workflows.render import write_picture
+
+    def validate_and_draw(path: Path) -> None:
+        validate(path)
+        try:
+            write_picture(load_spec_file(path, name=name).to_json(), picture)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write graph {picture}: {exc.strerror or exc}") from None
+
+    return validate_and_draw
 
 
 if __name__ == "__main__":

@@ -67,6 +67,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far; 0 when it is gone."""
+    return _cpu_seconds(pid)
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Sum of VmRSS over ``pid`` and its descendants (shared pages count once per process)."""
     return sum(_rss_bytes(p) for p in process_tree(pid))

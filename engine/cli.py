@@ -314,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .aliases import main as install_aliases
 
         return install_aliases(argv[1:])
+    if argv and argv[0] in ("run", "graph"):  # the author's commands (local_cli.py)
+        from .local_cli import main as local_main
+
+        return local_main(argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already explained

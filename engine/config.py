@@ -92,6 +92,9 @@ class Config:
     # TS_OPEN_INFERENCE_PROTOCOL=oip); on unless set to false (TorchServe: off by default)
     ts_open_inference_protocol: bool = True
     service_envelope: str | None = None  # json, body, kserve or kservev2, for every model
+    trace_ring_size: int = 200  # traces kept in memory (tracing.py)
+    otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; None: no export
+    otel_service_name: str = "dagserve"
     ray_address: str | None = None  # auto, host:port or ray://host:port: workers on Ray
 
     @property
@@ -114,11 +117,12 @@ _INT_KEYS = {"default_workers_per_model", "job_queue_size", "default_response_ti
              "grpc_inference_port", "grpc_management_port",
              "grpc_inference_max_connection_age_ms", "grpc_management_max_connection_age_ms",
              "grpc_inference_max_connection_age_grace_ms",
-             "grpc_management_max_connection_age_grace_ms"}
+             "grpc_management_max_connection_age_grace_ms", "trace_ring_size"}
 _STR_KEYS = {"inference_address", "management_address", "metrics_address", "metrics_mode",
              "cors_allowed_origin", "cors_allowed_methods", "cors_allowed_headers",
              "blacklist_env_vars", "default_service_handler", "model_snapshot",
-             "grpc_inference_address", "grpc_management_address", "ray_address"}
+             "grpc_inference_address", "grpc_management_address", "ray_address",
+             "otel_exporter_otlp_endpoint", "otel_service_name"}
 _PATH_KEYS = {"model_store", "workflow_store", "plugins_path", "certificate_file",
               "private_key_file", "metrics_config"}
 _READ_ONLY_BOOLS = {"enable_envvars_config", "use_env_allowed_urls"}  # steer loading only
@@ -238,6 +242,10 @@ def load_config(*, config_file: Path | None = None, environ: Mapping[str, str] |
     cfg = replace(cfg, **given)
     if cfg.workflow_store is None and cfg.model_store is not None:
         cfg = replace(cfg, workflow_store=cfg.model_store)
+    if not cfg.otel_exporter_otlp_endpoint and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        cfg = replace(cfg, otel_exporter_otlp_endpoint=environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    if cfg.trace_ring_size < 0:
+        raise ConfigError(f"trace_ring_size must be 0 or more, got {cfg.trace_ring_size}")
     return cfg
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from .errors import BadRequestError, DagserveError
+from .tracing import note_skipped
 from .messages import Param, Request, Response
 from .scheduler import NodeFailed, NodePlan, Plan, call_node, first_failure, merged_response
 
@@ -208,14 +209,19 @@ class _FlowRun:
         """Decide (once its parents are done) whether ``node`` is skipped, and record why."""
         ran = [p for p in node.parents if p in self.outputs]
         if node.parents and not ran:
-            self.record.skipped[node.name] = "all its parents were skipped"
+            self.skip(node.name, "all its parents were skipped")
             return True
         flow = self.flow.flows.get(node.name)
         if flow is not None and flow.when is not None \
                 and not flow.when.test(self.input_json(node, ran, "when")):
-            self.record.skipped[node.name] = f"when {flow.when.text!r} was false"
+            self.skip(node.name, f"when {flow.when.text!r} was false")
             return True
         return False
+
+    def skip(self, name: str, reason: str) -> None:
+        """Record a skipped node (and count it in its metrics and the request's trace)."""
+        self.record.skipped[name] = reason
+        note_skipped(name, self.targets.get(name), reason)
 
     async def execute(self, node: NodePlan) -> None:
         """Run a node that is not skipped: its foreach or its one call, then on-error."""
@@ -238,7 +244,7 @@ class _FlowRun:
                 self.record.failed[name] = exc.reason
                 raise
             if flow.on_error == "skip":
-                self.record.skipped[name] = f"failed ({exc.reason}); on-error: skip"
+                self.skip(name, f"failed ({exc.reason}); on-error: skip")
                 return
             self.record.failed[name] = exc.reason
             resp = Response(self.request.id, 200, json.dumps(flow.default).encode(), JSON)
@@ -315,7 +321,8 @@ class _FlowRun:
 
         async def one(index: int, item: Any) -> None:
             async with room:
-                resp = await call_node(node, target, self.request, [item_param(item)])
+                resp = await call_node(node, target, self.request, [item_param(item)],
+                                       item=index)
             results[index] = _as_json_or_text(resp.value)
 
         if items:

@@ -36,3 +36,4 @@ class Response:
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    handler_s: float | None = None  # the worker's time for the batch it came in (traces)

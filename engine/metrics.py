@@ -17,7 +17,8 @@ Names and labels are TorchServe's (metrics_mode=prometheus):
   histograms a ``_sum`` / ``_count`` summary.
 
 dagserve adds ``dagserve_model_workers{model_name, model_version, status}`` and
-``dagserve_queue_pending{model_name, model_version}`` gauges.
+``dagserve_queue_pending{model_name, model_version}`` gauges, and the histograms and
+outcome counters of ``metrics_families.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Iterable, Iterator
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .metrics_families import model_families, workflow_families
 from .registry import ModelVersion, Registry
 from .tasks import TaskHandle, TaskOwner
 
@@ -47,7 +49,9 @@ _TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "summary"}
 BUILTIN_NAMES = frozenset({
     "Requests2XX", "Requests4XX", "Requests5XX", "ts_inference_requests_total",
     "ts_inference_latency_microseconds", "ts_queue_latency_microseconds",
-    "dagserve_model_workers", "dagserve_queue_pending"})
+    "dagserve_model_workers", "dagserve_queue_pending", "dagserve_request_duration_seconds",
+    "dagserve_queue_wait_seconds", "dagserve_batch_size", "dagserve_calls_total",
+    "dagserve_workflow_requests_total", "dagserve_workflow_request_duration_seconds"})
 
 
 def metric_name(name: str) -> str:
@@ -193,6 +197,9 @@ class MetricsCollector(Collector):
         versions = self.registry.all_versions()
         yield from self._model_counters(versions, host)
         yield from self._model_gauges(versions)
+        workflows = self.registry.all_workflow_versions()
+        yield from model_families(versions, workflows)
+        yield from workflow_families(workflows)
         yield from self._handler_families(versions, host)
 
     def _model_counters(self, versions: list[ModelVersion], host: str) -> Iterator[Metric]:

@@ -5,11 +5,13 @@ workflows. Plain bookkeeping: loading and starting workers live in ``models.py``
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConflictError, ModelNotFoundError, WorkflowNotFoundError
+from .histogram import LATENCY_BUCKETS_S, Histogram, WorkflowStats
 from .workers.batch_queue import BatchQueue
 from .workers.pool import WorkerPool
 
@@ -23,17 +25,24 @@ class ModelStats:
     status_2xx: int = 0
     status_4xx: int = 0
     status_5xx: int = 0
+    timeouts: int = 0  # of status_5xx: 504 (a node's or the worker's time limit)
+    retried: int = 0  # attempts after the first (workflow nodes)
+    skipped: int = 0  # workflow node calls that did not run (a condition said no)
+    latency: Histogram = field(default_factory=Histogram)  # its sum: latency_us
     handler_metrics: dict[tuple, list] = field(default_factory=dict)
 
     def count(self, status: int, latency_s: float) -> None:
         self.requests += 1
         self.latency_us += latency_s * 1e6
+        self.latency.counts[bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
         if status < 300:
             self.status_2xx += 1
         elif status < 500:
             self.status_4xx += 1
         else:
             self.status_5xx += 1
+            if status == 504:
+                self.timeouts += 1
 
 
 @dataclass
@@ -77,6 +86,7 @@ class WorkflowEntry:
     targets: dict[str, ModelVersion] = field(default_factory=dict)  # node_models + shared
     flow: Any = None  # flow.FlowPlan: the general path (new keys, or a request's deadline)
     general: bool = False  # the spec uses the new keys: every request takes the general path
+    stats: WorkflowStats = field(default_factory=WorkflowStats)
 
 
 class Registry:

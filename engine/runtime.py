@@ -31,6 +31,7 @@ from .registry import Registry
 from .snapshot import SnapshotManager
 from .system_metrics import SystemMetrics
 from .tasks import TaskOwner
+from .tracing import Tracer, tracer_for
 from .workers.environment import worker_environment
 from .workers.launch import ForkServerLauncher, SubprocessLauncher
 from .workers.pool import DeviceAllocator, visible_gpu_count
@@ -58,6 +59,7 @@ class Runtime:
     keys: KeyStore | None  # None when token authorization is off
     system_metrics: SystemMetrics  # CPUUtilization ... in /metrics (TorchServe's names)
     readiness: Readiness  # Readiness.report(): /ping?ready=true, the v2 health/ready
+    tracer: Tracer  # per-request traces, and their OpenTelemetry export when configured
     ray: Any = None  # a workers.ray_cluster.RayCluster when ray_address is set
 
     @classmethod
@@ -94,6 +96,7 @@ class Runtime:
                 KeyStore.load_or_create(cfg.key_file, cfg.token_expiration_min)
             system_metrics = SystemMetrics.from_config(cfg)
             system_metrics.register(metrics.prometheus)
+            tracer = tracer_for(cfg)
         except BaseException:
             if ray is not None:
                 ray.close()
@@ -109,7 +112,7 @@ class Runtime:
         return cls(cfg=cfg, logs=logs, work_dir=work_dir, tasks=tasks, registry=registry,
                    metrics=metrics, snapshots=snapshots, models=models, workflows=workflows,
                    keys=keys, system_metrics=system_metrics, readiness=Readiness(registry),
-                   ray=ray)
+                   tracer=tracer, ray=ray)
 
     def persist(self) -> None:
         """Write the snapshot of a change just made, before the API answers (SIGKILL-safe)."""
@@ -148,6 +151,7 @@ class Runtime:
                 self.snapshots.write("shutdown")
                 self.snapshots.close()
             self.metrics.stop_server_log()
+            self.tracer.close()
         finally:
             self.logs.close()
             shutil.rmtree(self.work_dir, ignore_errors=True)

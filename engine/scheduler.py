@@ -30,6 +30,7 @@ from typing import Protocol
 
 import anyio
 
+from . import tracing
 from .errors import DagserveError
 from .messages import Param, Request, Response
 
@@ -135,27 +136,35 @@ def _cancelled_from_outside() -> bool:
 
 
 async def call_node(plan: NodePlan, target, request: Request, params: list[Param],
-                    may_stream: bool = False) -> Response:
+                    may_stream: bool = False, item: int | None = None) -> Response:
     """One node, with its timeout per attempt and retries with backoff. A node whose handler
     streams is collected into one response, unless ``may_stream`` (it is the response
-    node): then its stream is returned as it is produced."""
+    node): then its stream is returned as it is produced. ``item``: which of a foreach
+    node's items this is. When the request is traced (``tracing.current``), each attempt is
+    recorded as a ``tracing.Attempt``."""
     loop = asyncio.get_running_loop()
+    trace = tracing.current.get()
     last = "no attempt made"
     status = 500
     for attempt in range(plan.retries + 1):
         if attempt:
+            target.stats.retried += 1
             await anyio.sleep(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+        probe = None if trace is None else \
+            trace.attempt(plan.name, target, attempt + 1, params, item)
         expired: list = []
         timer = future = None
         started = loop.time()
         try:
             target.pool.check_can_serve()
-            future = target.queue.submit(Request(request.id, params, request.headers))
+            future = target.queue.submit(Request(request.id, params, request.headers), probe)
             timer = loop.call_later(plan.timeout_s, _expire, future, expired, target.pool)
             resp: Response = await future
             if resp.__class__ is not Response:  # a stream: its first chunk is out
                 if may_stream:
                     target.stats.count(200, loop.time() - started)
+                    if probe is not None:
+                        probe.finish("ok", 200, "streams its results")
                     return resp
                 timer.cancel()
                 resp = await resp.collect()
@@ -163,21 +172,31 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
             if not expired or _cancelled_from_outside():
                 if future is not None and future.cancelled():  # a deadline, a failed sibling
                     target.pool.abandon(future)
+                if probe is not None:
+                    probe.finish("cancelled", 499, "the request ended first")
                 raise
             last, status = f"timed out after {plan.timeout_s * 1000:g} ms", 500
             target.stats.count(504, loop.time() - started)
+            if probe is not None:
+                probe.finish("timeout", 504, last)
             continue
         except DagserveError as exc:
             last, status = exc.message, exc.status
             target.stats.count(exc.status, loop.time() - started)
+            if probe is not None:
+                probe.finish("rejected", exc.status, last)
             continue
         finally:
             if timer is not None:
                 timer.cancel()
         target.stats.count(resp.code, loop.time() - started)  # every node has its metrics
         if resp.code < 400:
+            if probe is not None:
+                probe.finish("ok", resp.code, "", len(resp.value), resp.handler_s)
             return resp
         last = resp.message or resp.value.decode("utf-8", "replace") or f"status {resp.code}"
+        if probe is not None:
+            probe.finish("error", resp.code, last, len(resp.value), resp.handler_s)
         if resp.code < 500:  # the node refused its input: retrying cannot help
             raise NodeFailed(plan.name, resp.code, last)
         status = 500

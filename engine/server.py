@@ -22,6 +22,7 @@ from .frontend.inference import build_inference_server
 from .frontend.management import build_management_app
 from .frontend.metrics_api import build_metrics_app
 from .frontend.middleware import make_common_middleware
+from .frontend.observe_routes import dashboard_exempt
 from .redact import server_redactor
 from .runtime import Runtime
 from .tasks import TaskOwner
@@ -62,13 +63,15 @@ class Frontends:
         # every response counts in Requests2XX/4XX/5XX and goes to the access log
         common = make_common_middleware(rt.metrics.counting(rt.logs.access), cors_headers(cfg),
                                         server_redactor(cfg, rt.work_dir))
-        auth = {} if rt.keys is None else \
-            {kind: [make_auth_middleware(rt.keys, kind)] for kind in ("inference", "management")}
+        auth = {} if rt.keys is None else {
+            "inference": [make_auth_middleware(rt.keys, "inference")],
+            "management": [make_auth_middleware(rt.keys, "management",
+                                                {("OPTIONS", "/"), *dashboard_exempt()})]}
         inference = build_inference_server(
             rt.registry, middlewares=[common, *auth.get("inference", [])],
             max_request_size=cfg.max_request_size, run_workflow=rt.workflows.run,
             max_response_size=cfg.max_response_size, readiness=rt.readiness,
-            open_inference=cfg.ts_open_inference_protocol, access_log=None)
+            open_inference=cfg.ts_open_inference_protocol, tracer=rt.tracer, access_log=None)
         management = build_management_app(rt, middlewares=[common, *auth.get("management", [])])
         runners: list[tuple[str, web.BaseRunner]] = [
             (cfg.inference_address, web.ServerRunner(inference, handle_signals=False)),

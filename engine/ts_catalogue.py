@@ -115,7 +115,9 @@ CONFIG_KEYS = _entries([
 DAGSERVE_KEYS = frozenset({"load_workflows", "batch_size", "max_batch_delay", "tsConfigFile",
                            "workflow_snapshot", "plugins_path", "worker_fork_server",
                            "max_archive_size", "max_archive_entries", "max_archive_ratio",
-                           "request_header_timeout", "request_body_timeout", "ray_address"})
+                           "request_header_timeout", "request_body_timeout", "ray_address",
+                           "trace_ring_size", "otel_exporter_otlp_endpoint",
+                           "otel_service_name"})
 
 # Environment variables TorchServe's start-up reads.
 ENV_VARS = _entries([

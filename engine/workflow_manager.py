@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from dagserve.archiver import read_workflow_manifest
@@ -14,6 +15,7 @@ from dagserve.archiver.handler_names import parse_handler
 from dagserve.workflows import (CompiledWorkflow, SpecError, check_functions, list_module_functions,
                        load_spec)
 
+from . import tracing
 from .config import Config, startup_entries
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
                      WorkflowNotFoundError)
@@ -39,21 +41,43 @@ class WorkflowManager:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def run(self, name: str, request: Request, version: str | None = None) -> Response:
+    async def run(self, name: str, request: Request, version: str | None = None,
+                  trace: tracing.Trace | None = None) -> Response:
+        """Run one request; with ``trace``, every node attempt (and skip) is recorded in it.
+        An error raised for a failed node names it in its ``node`` attribute."""
         entry = self.registry.workflows.get(name) if version is None else \
             self.registry.workflow(name, version)
         if entry is None:
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
         # ``entry`` is this version, to the end of the request, whatever the default becomes
+        token = None
+        if trace is not None:
+            trace.expect(entry.flow.order, entry.targets, entry.version)
+            token = tracing.current.set(trace)
+        started = time.perf_counter()
+        status = 500
         try:
             deadline = request_deadline_ms(request.headers, entry.flow.deadline_ms)
             if deadline is None and not entry.general:  # TorchServe's specs: the fast paths
-                return await run_plan(entry.plan, entry.targets, request)
-            return await run_flow(entry.flow, entry.targets, request, deadline)
+                resp = await run_plan(entry.plan, entry.targets, request)
+            else:
+                resp = await run_flow(entry.flow, entry.targets, request, deadline)
+            status = getattr(resp, "code", 200)  # a stream (its first chunk is out): ok
+            return resp
+        except DagserveError as exc:
+            status = exc.status
+            raise
         except NodeFailed as exc:
-            if exc.status < 500:  # the node refused its input: keep its status and say so
-                raise PredictionError(str(exc), exc.status) from None
-            raise InternalServerError(str(exc), exc.status) from None
+            # a node that refused its input keeps its status and says so
+            error: DagserveError = PredictionError(str(exc), exc.status) if exc.status < 500 \
+                else InternalServerError(str(exc), exc.status)
+            status = error.status
+            error.node = exc.node  # type: ignore[attr-defined]
+            raise error from None
+        finally:
+            entry.stats.count(status, time.perf_counter() - started)
+            if token is not None:
+                tracing.current.reset(token)
 
     # -- registration ---------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ class Queue:
         self.most_waiting = 0
         self.jobs: list[list[Param]] = []
 
-    def submit(self, request: Request) -> asyncio.Future:
+    def submit(self, request: Request, probe=None) -> asyncio.Future:
+        """``probe``: a tracing.Attempt when the request is traced (BatchQueue.submit)."""
         if self.waiting >= self.capacity:
             raise ServiceUnavailableError("queue full")
         self.jobs.append(request.params)
@@ -146,7 +147,7 @@ def test_on_error_default_replaces_the_output():
     plan = Plan.from_compiled(compiled)
     targets = {"start": Target(echo), "bad": Target(echo)}
 
-    def failing_submit(request):
+    def failing_submit(request, probe=None):
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(Response(request.id, 500, b"", None, {}, "broken"))
         return fut

@@ -43,7 +43,10 @@ def test_the_wheel_holds_only_the_dagserve_package(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {"dagserve"}
     for needed in ("dagserve/__init__.py", "dagserve/handler.py",
                    "dagserve/engine/workers/main.py", "dagserve/archiver/unpack.py",
-                   "dagserve/workflows/schema.json"):
+                   "dagserve/workflows/schema.json",
+                   "dagserve/engine/frontend/dashboard/index.html",
+                   "dagserve/engine/frontend/dashboard/dashboard.js",
+                   "dagserve/engine/frontend/dashboard/dashboard.css"):
         assert needed in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheels[0]).read(entry_points).decode()

@@ -37,7 +37,8 @@ class FakeQueue:
         self.cancelled = 0
         self.times: list[float] = []
 
-    def submit(self, request: Request) -> asyncio.Future:
+    def submit(self, request: Request, probe=None) -> asyncio.Future:
+        """``probe``: a tracing.Attempt of a traced request, told its batch and worker."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.calls.append(request.params)
@@ -48,10 +49,14 @@ class FakeQueue:
             if fut.cancelled():
                 self.cancelled += 1
                 return
+            if probe is not None:
+                probe.dispatched(0.0, 1, "fake-worker")
             if fail:
-                fut.set_result(Response(request.id, self.code, b"", None, {}, "boom"))
+                fut.set_result(Response(request.id, self.code, b"", None, {}, "boom",
+                                        self.delay))
             else:
-                fut.set_result(Response(request.id, 200, self.fn(request.params)))
+                fut.set_result(Response(request.id, 200, self.fn(request.params),
+                                        handler_s=self.delay))
 
         loop.call_later(self.delay, answer)
         return fut

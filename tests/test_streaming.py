@@ -122,6 +122,23 @@ def test_a_workflow_passes_its_response_nodes_stream_through(server):
     check_streamed(read_chunks(server.inference_url + "/wfpredict/streaming_wf", b"x"))
 
 
+def test_traced_streams_still_stream_and_keep_their_trace(server):
+    for path in ("/predictions/stream?trace=true", "/wfpredict/streaming_wf?trace=true"):
+        with requests.post(server.inference_url + path, data=b"x", stream=True,
+                           timeout=30) as r:
+            assert r.status_code == 200 and r.headers["Transfer-Encoding"] == "chunked"
+            trace_id = r.headers["X-Dagserve-Trace-Id"]
+            received = [(time.time(), c) for c in r.iter_content(chunk_size=None)]
+        check_streamed(received)
+        kind, name = ("models", "stream") if "predictions" in path else \
+            ("workflows", "streaming_wf")
+        trace = requests.get(f"{server.management_url}/{kind}/{name}/traces/{trace_id}",
+                             timeout=10).json()
+        assert trace["status"] == 200
+        last = trace["nodes"][-1]["attempts"][0]
+        assert last["outcome"] == "ok" and last["message"] == "streams its results"
+
+
 def test_a_streaming_node_inside_a_workflow_hands_on_its_whole_output(server):
     r = requests.post(server.inference_url + "/wfpredict/collected_wf", data=b"x", timeout=30)
     assert r.status_code == 200

@@ -22,10 +22,12 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from ..errors import InternalServerError, MethodNotAllowedError, ResourceNotFoundError
+from ..errors import (DagserveError, InternalServerError, MethodNotAllowedError,
+                      ResourceNotFoundError)
 from ..readiness import Readiness
 from ..registry import Registry
 from ..messages import Request, Response
+from ..tracing import Tracer
 from .http_input import read_params
 from .openapi import inference_openapi, model_openapi
 from ..workers.stream import ResultStream
@@ -35,10 +37,12 @@ from .sequences import gates_for, sequence_headers
 from .streaming import stream_response
 from .v2.core import OpenInference
 from .v2.rest import V2Routes
+from .traced import (drop_query_flag, failed_answer, failed_reply, traced_predict,
+                     traced_workflow)
 
 HEALTHY = json.dumps({"status": "Healthy"}, indent=2).encode()
 
-WorkflowRunner = Callable[[str, Request, str | None], Awaitable[Response]]
+WorkflowRunner = Callable[..., Awaitable[Response]]  # (name, request, version[, trace])
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 INFERENCE_METHODS = frozenset({"POST", "PUT"})
@@ -48,7 +52,7 @@ PING_METHODS = frozenset({"GET", "HEAD", "POST"})
 class InferenceRoutes:
     def __init__(self, registry: Registry, run_workflow: WorkflowRunner | None,
                  max_response_size: int | None = None, readiness: Readiness | None = None,
-                 open_inference: bool = False):
+                 open_inference: bool = False, tracer: Tracer | None = None):
         self.registry = registry
         self.readiness = readiness or Readiness(registry)
         self.run_workflow = run_workflow
@@ -56,6 +60,7 @@ class InferenceRoutes:
         self.sequences = gates_for(registry)  # stateful models (sequenceBatching)
         # the Open Inference Protocol's /v2 routes (ts_open_inference_protocol)
         self.v2 = V2Routes(OpenInference(registry, run_workflow)) if open_inference else None
+        self.tracer = tracer if tracer is not None else Tracer()
 
     def _reply(self, resp: Response) -> web.Response:
         limit = self.max_response_size
@@ -63,6 +68,12 @@ class InferenceRoutes:
             raise InternalServerError(f"Response size {len(resp.value)} bytes exceeds "
                                       f"max_response_size ({limit} bytes)")
         return handler_response(resp)
+
+    async def _answer(self, resp) -> web.StreamResponse:
+        """A handler's response, or its stream passed through as it is produced."""
+        if resp.__class__ is ResultStream:
+            return await stream_response(resp)
+        return self._reply(resp)
 
     async def ping(self, request: web.BaseRequest) -> web.Response:
         """Liveness: Healthy while the server serves. ``?ready=true``: readiness (see
@@ -76,14 +87,22 @@ class InferenceRoutes:
     async def predict(self, request: web.BaseRequest, model: str, version: str | None,
                       explain: bool = False, url_path: str = "") -> web.Response:
         mv = self.registry.get(model, version)
-        mv.pool.check_can_serve()
         start = time.perf_counter()
-        headers = dict(request.headers)
-        headers["url_path"] = url_path  # path segments after the version, as TorchServe
-        if explain:
-            headers["explain"] = "True"
-        req = Request(request["request_id"], await read_params(request), headers)
+        tracer = self.tracer
+        try:
+            mv.pool.check_can_serve()
+            headers = dict(request.headers)
+            headers["url_path"] = url_path  # path segments after the version, as TorchServe
+            if explain:
+                headers["explain"] = "True"
+            req = Request(request["request_id"], await read_params(request), headers)
+        except DagserveError as exc:  # no worker, a malformed body: failed, so traced
+            return failed_reply(tracer, "model", mv.name, request["request_id"], start, exc)
         gate = self.sequences.for_model(mv)
+        if gate is None and tracer.wanted(request.headers, request.query_string):
+            drop_query_flag(req, request.query_string)
+            return await traced_predict(tracer, mv, req, self._answer,
+                                        tracer.keeps(request.headers, request.query_string))
         status = 500
         try:
             if gate is None:
@@ -96,10 +115,14 @@ class InferenceRoutes:
                 out = await stream_response(resp)
             else:
                 status = resp.code
-                out = self._reply(resp)
+                out = self._reply(resp) if status < 400 else \
+                    failed_answer(tracer, mv.name, req.id, start, resp, self._reply)
             if gate is not None:
                 out.headers[SEQUENCE_ID_HEADER] = sequence
             return out
+        except DagserveError as exc:
+            status = exc.status
+            return failed_reply(tracer, "model", mv.name, req.id, start, exc)
         except BaseException as exc:
             status = getattr(exc, "status", 500)
             raise
@@ -112,11 +135,24 @@ class InferenceRoutes:
         entry = self.registry.workflow(workflow, version)
         if self.run_workflow is None:
             raise ResourceNotFoundError()
-        req = Request(request["request_id"], await read_params(request), dict(request.headers))
-        resp = await self.run_workflow(workflow, req, entry.version)
-        if resp.__class__ is ResultStream:  # the response node streams: pass it through
-            return await stream_response(resp)
-        return self._reply(resp)
+        start = time.perf_counter()
+        tracer = self.tracer
+        try:
+            params = await read_params(request)
+        except DagserveError as exc:
+            return failed_reply(tracer, "workflow", workflow, request["request_id"], start, exc)
+        req = Request(request["request_id"], params, dict(request.headers))
+        if tracer.wanted(request.headers, request.query_string):
+            drop_query_flag(req, request.query_string)
+            return await traced_workflow(
+                tracer, workflow, req,
+                lambda r, trace: self.run_workflow(workflow, r, entry.version, trace),
+                self._answer, tracer.keeps(request.headers, request.query_string))
+        try:
+            resp = await self.run_workflow(workflow, req, entry.version)
+        except DagserveError as exc:
+            return failed_reply(tracer, "workflow", workflow, req.id, start, exc)
+        return await self._answer(resp)
 
     async def options(self, request: web.BaseRequest) -> web.Response:
         return json_response(200, inference_openapi())
@@ -215,10 +251,11 @@ def build_inference_server(registry: Registry, *, middlewares: list, max_request
                            max_response_size: int | None = None,
                            readiness: Readiness | None = None,
                            open_inference: bool = False,
+                           tracer: Tracer | None = None,
                            **server_options: Any) -> InferenceServer:
     """The inference API as a ``web.Server`` (serve it with ``web.ServerRunner``);
     ``server_options`` go to aiohttp's request handler (``access_log=None`` ...)."""
     router = InferenceRouter(InferenceRoutes(registry, run_workflow, max_response_size,
-                                             readiness, open_inference))
+                                             readiness, open_inference, tracer))
     return InferenceServer(router, middlewares=middlewares, max_request_size=max_request_size,
                            **server_options)

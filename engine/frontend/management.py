@@ -43,6 +43,7 @@ from .params import (
     status_message,
 )
 from .customized import customized_metadata
+from .observe_routes import add_observe_routes
 from .workflow_routes import add_workflow_routes
 
 if TYPE_CHECKING:
@@ -330,6 +331,7 @@ def build_management_app(runtime: Runtime, middlewares: list) -> web.Application
     r.add_get("/api-description", routes.options)
     r.add_get("/models", routes.list)
     r.add_post("/models", routes.register)
+    add_observe_routes(r, runtime.registry, runtime.tracer)
     r.add_get("/models/{model_name}", routes.describe)
     r.add_put("/models/{model_name}", routes.scale)
     r.add_delete("/models/{model_name}", routes.unregister)

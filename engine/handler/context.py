@@ -151,6 +151,16 @@ class Context:
     def get_request_header(self, idx: int, key: str) -> Any:
         return self._processor(idx).get_request_property(key)
 
+    def get_trace_id(self, idx: int = 0) -> str | None:
+        """The OpenTelemetry trace id (32 hex digits) of request ``idx``, from the W3C
+        ``traceparent`` header the server passes on when it exports traces (or the client
+        sent); None when there is none."""
+        value = self.get_request_header(idx, "traceparent")
+        parts = value.split("-") if isinstance(value, str) else ()
+        if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+            return parts[1]
+        return None
+
     def get_all_request_header(self, idx: int) -> dict:
         return self._processor(idx).get_request_properties()
 

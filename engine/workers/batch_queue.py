@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections import deque
 
 from ..errors import ServiceUnavailableError
+from ..histogram import BATCH_BUCKETS, Histogram
 from . import protocol
 from .process import Job, WorkerProcess
 
@@ -46,6 +48,8 @@ class BatchQueue:
         self._pump_scheduled = False
         self.queue_latency_s = 0.0  # summed over dispatched jobs, for metrics
         self.dispatched = 0
+        self.queue_wait = Histogram()  # seconds, per dispatched job; its sum: queue_latency_s
+        self.batch_sizes = Histogram(BATCH_BUCKETS)  # per dispatched batch
 
     @property
     def pending(self) -> int:
@@ -56,9 +60,11 @@ class BatchQueue:
         """Requests not started yet: queued here, or held by a busy worker."""
         return len(self._pending) + sum(w.held_jobs for w in self._fed)
 
-    def submit(self, request: protocol.Request) -> asyncio.Future:
+    def submit(self, request: protocol.Request, probe=None) -> asyncio.Future:
         """Queue one request; the future resolves to its ``protocol.Response``. At most
-        ``capacity`` requests wait (``job_queue_size``); those running do not count."""
+        ``capacity`` requests wait (``job_queue_size``); those running do not count.
+        ``probe`` (a ``tracing.Attempt`` of a traced request) is told its queue wait, batch
+        size, worker and handler time."""
         if self.waiting >= self.capacity:
             raise ServiceUnavailableError(
                 f"Job queue of model \"{self.model_name}\" is full ({self.capacity} requests); "
@@ -66,7 +72,7 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         pending = self._pending
-        pending.append(Job(request, future, time.perf_counter()))
+        pending.append(Job(request, future, time.perf_counter(), probe=probe))
         if (self._idle or (self._room and len(pending) >= self.batch_size)) \
                 and not self._pump_scheduled:
             self._pump_scheduled = True
@@ -146,15 +152,20 @@ class BatchQueue:
         pending, idle, room = self._pending, self._idle, self._room
         now = time.perf_counter()
         size = self.batch_size
+        wait_counts, wait_bounds = self.queue_wait.counts, self.queue_wait.bounds
         while pending and (idle or (room and len(pending) >= size)):
             if len(pending) < size and self._wait_to_fill(now):
                 return
             batch: list[Job] = []
+            traced = False
             while pending and len(batch) < size:
                 job = pending.popleft()
                 if not job.future.done():  # cancelled or timed out while queued
                     batch.append(job)
-                    self.queue_latency_s += now - job.enqueued
+                    wait = now - job.enqueued
+                    self.queue_latency_s += wait
+                    wait_counts[bisect_left(wait_bounds, wait)] += 1
+                    traced = traced or job.probe is not None
             if not batch:
                 return
             self._last_full = len(batch) == size
@@ -162,7 +173,12 @@ class BatchQueue:
                 self._fill_timer.cancel()
                 self._fill_timer = None
             self.dispatched += len(batch)
+            self.batch_sizes.observe(len(batch))
             worker = idle.pop() if idle else room.pop()
+            if traced:
+                for job in batch:
+                    if job.probe is not None:
+                        job.probe.dispatched(now - job.enqueued, len(batch), worker.id)
             worker.dispatch(batch)
             if worker.alive and worker.can_take_batch():
                 room.append(worker)

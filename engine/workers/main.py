@@ -26,6 +26,7 @@ import socket
 import sys
 import traceback
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from . import protocol
@@ -95,6 +96,7 @@ def serve(sock: socket.socket, service: Any, guard: BatchGuard | None = None) ->
                 continue
             raise protocol.ProtocolError(f"unexpected frame op {op!r} (expected 'predict')")
         requests = decode_predict(meta, body)
+        started = perf_counter()
         try:
             with guard:
                 responses, metrics = predict(requests)
@@ -103,7 +105,7 @@ def serve(sock: socket.socket, service: Any, guard: BatchGuard | None = None) ->
                   file=sys.stderr)
             sendall(interrupted)
             continue
-        sendall(encode_result(responses, metrics))
+        sendall(encode_result(responses, metrics, handler_s=perf_counter() - started))
         if channel.cancelled:
             channel.cancelled.difference_update(r.id for r in requests)
 

@@ -11,8 +11,9 @@ Operations (the ``op`` key of ``meta``):
 ``load_failed`` worker -> frontend when it did not: ``{"op", "message"}`` (then it exits)
 ``predict``     frontend -> worker: ``{"op", "reqs": [Request.meta ...]}``; body = every
                 request's parameter bytes, in order
-``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...]}``;
-                body = every response's bytes, in order
+``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...],
+                "t": seconds the handler took for the batch}``; body = every response's
+                bytes, in order
 ``partial``     worker -> frontend, any number before the ``result`` of a batch: intermediate
                 results a handler streamed (``send_intermediate_predict_response``), laid
                 out as ``result`` (responses only for the requests that got a chunk)
@@ -84,7 +85,7 @@ def decode_predict(meta: dict, body: bytes | bytearray | memoryview) -> list[Req
 
 
 def encode_result(responses: list[Response], metrics: list[dict] | None = None,
-                  op: str = "result") -> bytes:
+                  op: str = "result", handler_s: float | None = None) -> bytes:
     resps = []
     chunks: list[bytes] = []
     size = 0
@@ -101,6 +102,8 @@ def encode_result(responses: list[Response], metrics: list[dict] | None = None,
         chunks.append(value)
         size += len(value)
     meta: dict = {"op": op, "resps": resps}
+    if handler_s is not None:
+        meta["t"] = round(handler_s, 6)
     if metrics:
         meta["metrics"] = metrics
     return _pack_parts(meta, chunks, size)
@@ -119,14 +122,15 @@ def decode_result(meta: dict, body: bytes) -> list[Response]:
     if len(resps) == 1 and resps[0]["len"] == len(body):  # one response: no copy
         r = resps[0]
         return [Response(r["id"], r["code"], bytes(body), r.get("ct"), r.get("headers") or {},
-                         r.get("msg", ""))]
+                         r.get("msg", ""), meta.get("t"))]
     view = memoryview(body)
     pos = 0
     out = []
+    handler_s = meta.get("t")
     for r in resps:
         n = r["len"]
         out.append(Response(r["id"], r["code"], bytes(view[pos:pos + n]), r.get("ct"),
-                            r.get("headers") or {}, r.get("msg", "")))
+                            r.get("headers") or {}, r.get("msg", ""), handler_s))
         pos += n
     return out
 

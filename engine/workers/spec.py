@@ -49,6 +49,7 @@ class Job:
     future: asyncio.Future
     enqueued: float
     stream: ResultStream | None = None  # set at the handler's first intermediate result
+    probe: object = None  # a tracing.Attempt when the request is traced
 
 
 class WorkerStartError(Exception):
