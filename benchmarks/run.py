@@ -33,6 +33,7 @@ from .report import (DAGSERVE, TORCHSERVE, Check, RunInfo, ServerInfo, evaluate_
                      render_results)
 from .scenarios import (ECHO_BODY, SCENARIOS, Budget, ScenarioResult, deployed, measure,
                         run_scenario)
+from .side_by_side import ANALYSIS_END, ANALYSIS_START
 from .side_by_side import SECTION_END as PEERS_END
 from .side_by_side import SECTION_START as PEERS_START
 from .side_by_side import parse_peers, run_side_by_side
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                    servers=infos, duration_s=time.perf_counter() - started, notes=notes)
     text = render_results(info, results, checks, args.scenario_keys, py_spy_note)
     kept = "".join(kept_section(args.results, start=start, end=end) for start, end in (
-        (PROTOCOLS_START, PROTOCOLS_END), (PEERS_START, PEERS_END)))  # other runs' sections
+        (PROTOCOLS_START, PROTOCOLS_END), (PEERS_START, PEERS_END),
+        (ANALYSIS_START, ANALYSIS_END)))  # other runs' sections
     args.results.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text,
                             encoding="utf-8")
     raw = {"run": {"command": info.command, "date": info.date, "machine": machine,
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                                            encoding="utf-8")
     side = [p for p in args.peers if p != "torchserve"]
     if side:
-        run_side_by_side(side, args.out, budget, args.results, info.command, log)
+        run_side_by_side(side, args.out, budget, args.results, info.command, log, rounds=2)
     log(f"wrote {args.results} and {args.out / 'results.json'} "
         f"({time.perf_counter() - started:.0f} s)")
     for check in checks:

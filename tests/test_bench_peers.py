@@ -21,7 +21,7 @@ from benchmarks.peer_triton import (ECHO_MODEL_PY, TritonInstall, chain_models, 
                                     write_model_repository)
 from benchmarks.scenarios import Budget
 from benchmarks.servers import Ports, ServerProcess, free_ports
-from benchmarks.side_by_side import goals, measure_server, parse_peers, render
+from benchmarks.side_by_side import best_of, goals, measure_server, parse_peers, render
 
 
 def test_triton_model_repository(tmp_path: Path) -> None:
@@ -148,11 +148,35 @@ def test_measure_server_sequence_and_report(tmp_path: Path) -> None:
     assert res["memory_echo"]["pss_mib"] > 0 and res["memory_echo"]["processes"] >= 1
     assert res["per_hop_p50_ms"] == pytest.approx(
         (res["chain3_c1"]["p50_ms"] - res["chain1_c1"]["p50_ms"]) / 2, abs=1e-4)
+    assert best_of([res])["per_hop_p50_ms"] == res["per_hop_p50_ms"]
+    res = best_of([res])
     triton = dict(res, server="Triton", version="t")
     text = render([res, triton, {"server": "Ray Serve", "version": "r", "error": "boom"}],
                   {"x": "why\nmore"}, "cmd", "client", Budget(0.3, 0.0, 300, "python"))
     assert "## Side by side with Triton and Ray Serve" in text
     assert "| echo, 32 connections: req/s |" in text
+    assert "| 3-node chain, 32 connections: req/s |" in text and "PSS (MiB) by process" in text
     assert "Ray Serve did not complete: boom" in text and "x was not run: why" in text
     verdicts = [g["met"] for g in goals(res, triton)]
     assert verdicts == [True, False, True, True]  # equal servers: only 1.5x is out of reach
+
+
+def test_best_of_rounds_keeps_each_runs_least_disturbed_round() -> None:
+    def run(rps, p50):
+        return {"rps": rps, "p50_ms": p50, "errors": 0}
+
+    def result(rps, p50, pss):
+        return {"server": "s", "version": "v", "load_avg": "1.0, 1, 1", "load_avg_end": "2.0, 1, 1",
+                "first_echo_s": p50, "echo_c32": run(rps, p50), "echo_c1": run(rps, p50),
+                "chain3_c32": run(rps, p50), "chain3_c1": run(rps, 3 * p50),
+                "chain1_c1": run(rps, p50), "memory_echo": {"pss_mib": pss},
+                "memory_chain3": {"pss_mib": pss}}
+
+    rounds = [result(100, 2.0, 50), result(200, 1.0, 60), {"error": "x"}]
+    rounds[0]["per_hop_p50_ms"], rounds[1]["per_hop_p50_ms"] = 0.5, 0.7
+    best = best_of(rounds)
+    assert best["echo_c32"]["rps"] == 200 and best["echo_c1"]["p50_ms"] == 1.0
+    assert best["per_hop_p50_ms"] == 0.5  # a round's own difference, not one of mixed rounds
+    assert best["memory_echo"]["pss_mib"] == 50 and len(best["rounds"]) == 3
+    assert best["load_1min"] == "1.0 to 2.0; 1.0 to 2.0"
+    assert best_of([{"error": "x"}]) == {"error": "x"}
