@@ -65,14 +65,11 @@ def test_micro_batching_keeps_order_and_uses_the_threads():
         micro.shutdown()
 
 
-def test_otf_message_handler_says_when_streaming_is_missing(monkeypatch):
+def test_otf_message_handler_streams_like_handler_utils():
+    from ts.handler_utils.utils import send_intermediate_predict_response as from_utils
     from ts.protocol.otf_message_handler import send_intermediate_predict_response
 
-    provided = "ts.handler_utils.utils" in ts_alias.ALIASES
-    if provided:
-        pytest.skip("ts.handler_utils.utils is provided: streaming is tested with it")
-    with pytest.raises(NotImplementedError, match="does not stream partial responses"):
-        send_intermediate_predict_response(["x"], {0: "id"}, "Intermediate", 200, None)
+    assert send_intermediate_predict_response is from_utils
 
 
 def _save_linear(tmp_path):
