@@ -180,3 +180,17 @@ def test_best_of_rounds_keeps_each_runs_least_disturbed_round() -> None:
     assert best["memory_echo"]["pss_mib"] == 50 and len(best["rounds"]) == 3
     assert best["load_1min"] == "1.0 to 2.0; 1.0 to 2.0"
     assert best_of([{"error": "x"}]) == {"error": "x"}
+
+
+def test_sections_are_written_and_kept_by_their_own_markers(tmp_path: Path) -> None:
+    from benchmarks.protocols import kept_section, write_section
+    from benchmarks.side_by_side import SECTION_END, SECTION_START
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# report\n")
+    write_section(results, "protocols v1")
+    write_section(results, "peers v1", start=SECTION_START, end=SECTION_END)
+    write_section(results, "peers v2", start=SECTION_START, end=SECTION_END)
+    text = results.read_text()
+    assert text.count(SECTION_START) == 1 and "peers v1" not in text and "protocols v1" in text
+    kept = kept_section(results, start=SECTION_START, end=SECTION_END)
+    assert kept.startswith(SECTION_START) and "peers v2" in kept and "protocols" not in kept
