@@ -10,6 +10,7 @@ one server process serves the echo model, then the chains, like the other server
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -97,8 +98,13 @@ class RayServeServer(ServerProcess):
         self.proc.stdin.flush()
         self._expect("ok")
 
-    def _expect(self, word: str) -> None:
-        answer = self.proc.stdout.readline().strip()  # the app answers every line
+    def _expect(self, word: str, timeout_s: float = 180.0) -> None:
+        """Read the app's answer (one line per command) within ``timeout_s``."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        if not ready:
+            raise ServerError(f"Ray Serve: no {word!r} within {timeout_s:.0f} s; log tail:\n"
+                              f"{self.log_tail()}")
+        answer = self.proc.stdout.readline().strip()
         if not answer.startswith(word):
             self.check_alive()
             raise ServerError(f"Ray Serve: expected {word!r}, got {answer!r}; log tail:\n"

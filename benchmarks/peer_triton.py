@@ -23,12 +23,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .peer import PeerError, _probe_error, _run, _venv_python
+from .peer import PeerError, _probe, _probe_error, _run, _venv_python
 
 __all__ = ["DEFAULT_TRITON_VENV", "TritonInstall", "ensure_triton", "infer_request",
            "model_config", "ensemble_config", "prepare_server", "triton_command",
@@ -132,9 +131,9 @@ def ensure_triton(venv: Path = DEFAULT_TRITON_VENV, log=print) -> TritonInstall:
             raise PeerError(f"{PYTRITON_SPEC} installed into {venv} but does not import: {error}")
     version, package = found.split(" ", 1)
     package_dir = Path(package)
-    py = subprocess.run([str(_venv_python(venv)), "-c",
-                         "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
-                        capture_output=True, text=True, check=True).stdout.strip()
+    py = _probe(venv, "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')")
+    if py is None:
+        raise PeerError(f"the Python of {venv} does not run")
     server_dir = prepare_server(package_dir / "tritonserver", venv / "tritonserver", py)
     return TritonInstall(venv, version, server_dir, package_dir.parent / "nvidia_pytriton.libs")
 
