@@ -72,7 +72,11 @@ serve: examples
 		--workflows all \
 		--disable-token-auth --ncs $(PORT_ARGS)
 
+# PEER: a comma list of torchserve, triton, rayserve (each installed once into its own venv
+# under benchmarks/). wrk is the load client when it can be installed; else a Python one.
 bench: setup
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
+		|| echo "wrk is not installed: benchmarks use the Python load client"
 	$(PY) -m benchmarks.run $(if $(PEER),--peer $(PEER),)
 
 clean:

@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TreeSample", "process_tree", "sample_tree", "tree_cpu_seconds", "tree_rss_bytes"]
+__all__ = ["TreeSample", "process_cpu_seconds", "process_tree", "sample_tree", "tree_cpu_seconds",
+           "tree_rss_bytes"]
 
 _PROC = Path("/proc")
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -75,6 +76,11 @@ def process_cpu_seconds(pid: int) -> float:
 def tree_rss_bytes(pid: int) -> int:
     """Sum of VmRSS over ``pid`` and its descendants (shared pages count once per process)."""
     return sum(_rss_bytes(p) for p in process_tree(pid))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` alone (0 when it is gone)."""
+    return _cpu_seconds(pid)
 
 
 def tree_cpu_seconds(pid: int) -> float:

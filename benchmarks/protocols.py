@@ -173,22 +173,24 @@ def verdicts(rows: list[tuple]) -> list[str]:
     return out
 
 
-def kept_section(results: Path) -> str:
-    """The protocols section of an existing RESULTS.md (benchmarks.run keeps it)."""
+def kept_section(results: Path, *, start: str = SECTION_START, end: str = SECTION_END) -> str:
+    """A marked section of an existing RESULTS.md (this benchmark's by default;
+    benchmarks.run keeps it)."""
     if not results.is_file():
         return ""
     text = results.read_text(encoding="utf-8")
-    if SECTION_START not in text or SECTION_END not in text:
+    if start not in text or end not in text:
         return ""
-    return text[text.index(SECTION_START):text.index(SECTION_END) + len(SECTION_END)] + "\n"
+    return text[text.index(start):text.index(end) + len(end)] + "\n"
 
 
-def write_section(results: Path, body: str) -> None:
-    section = f"{SECTION_START}\n{body.rstrip()}\n{SECTION_END}\n"
+def write_section(results: Path, body: str, *, start: str = SECTION_START,
+                  end: str = SECTION_END) -> None:
+    section = f"{start}\n{body.rstrip()}\n{end}\n"
     text = results.read_text(encoding="utf-8") if results.is_file() else ""
-    if SECTION_START in text and SECTION_END in text:
-        text = (text[:text.index(SECTION_START)] + section
-                + text[text.index(SECTION_END) + len(SECTION_END):].lstrip("\n"))
+    if start in text and end in text:
+        text = (text[:text.index(start)] + section
+                + text[text.index(end) + len(end):].lstrip("\n"))
     else:
         text = text.rstrip("\n") + "\n\n" + section
     results.write_text(text, encoding="utf-8")

@@ -5,6 +5,8 @@ judge the targets, profile the misses, and write ``benchmarks/RESULTS.md``.
     python -m benchmarks.run --quick              # 1 s per run (~1-2 min)
     python -m benchmarks.run --scenarios a,c      # a subset
     python -m benchmarks.run --peer torchserve    # also TorchServe 0.12.0, side by side
+    python -m benchmarks.run --peer triton,rayserve   # then dagserve next to Triton and Ray
+                                                      # Serve (benchmarks.side_by_side)
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ from .artifacts import BenchArtifacts, build_artifacts
 from .machine import machine_info
 from .peer import DEFAULT_VENV, PeerError, TorchServeInstall, ensure_torchserve, torchserve_env
 from .profile import ProfileError, find_py_spy, start_record
+from .protocols import SECTION_END as PROTOCOLS_END
+from .protocols import SECTION_START as PROTOCOLS_START
 from .protocols import kept_section
 from .report import (DAGSERVE, TORCHSERVE, Check, RunInfo, ServerInfo, evaluate_targets,
                      render_results)
 from .scenarios import (ECHO_BODY, SCENARIOS, Budget, ScenarioResult, deployed, measure,
                         run_scenario)
+from .side_by_side import ANALYSIS_END, ANALYSIS_START
+from .side_by_side import SECTION_END as PEERS_END
+from .side_by_side import SECTION_START as PEERS_START
+from .side_by_side import parse_peers, run_side_by_side
 from .servers import (Ports, ServerError, ServerProcess, dagserve_command, free_ports,
                       torchserve_command, write_config)
 from .wrk import wrk_available
@@ -45,9 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma list of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="1 s per run after a 0.3 s warmup (a smoke run, noisy figures)")
-    parser.add_argument("--peer", choices=["torchserve"],
-                        help="also run TorchServe 0.12.0 (installed once into "
-                             "benchmarks/.venv-torchserve) and compare")
+    parser.add_argument("--peer", default="",
+                        help="comma list of torchserve (TorchServe 0.12.0 through every "
+                             "scenario, installed once into benchmarks/.venv-torchserve), "
+                             "triton, rayserve (then benchmarks.side_by_side: echo, chain, per "
+                             "hop and memory next to NVIDIA Triton / Ray Serve, each in its own "
+                             "venv under benchmarks/)")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                         help="load client: wrk when on PATH (auto), or the Python one")
     parser.add_argument("--seconds", type=float, help="measured seconds per run (default 5)")
@@ -65,6 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--torchserve-venv", type=Path, default=DEFAULT_VENV,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.peers = parse_peers(args.peer)
+    except ValueError as exc:
+        parser.error(f"--peer: {exc}")
     keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SCENARIOS]
     if not keys or unknown:
@@ -194,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  scenario (b) will be skipped: {art.cnn_skip_reason}")
 
     setups: list[ServerSetup] = []
-    if args.peer == "torchserve":
+    if "torchserve" in args.peers:
         try:
             install = ensure_torchserve(args.torchserve_venv, log)
             machine["TorchServe"] = (f"{install.version} (torch {install.torch_version}, "
@@ -241,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                               if client == "python" else "")),
                    servers=infos, duration_s=time.perf_counter() - started, notes=notes)
     text = render_results(info, results, checks, args.scenario_keys, py_spy_note)
-    kept = kept_section(args.results)  # the protocols benchmark's section stays
+    kept = "".join(kept_section(args.results, start=start, end=end) for start, end in (
+        (PROTOCOLS_START, PROTOCOLS_END), (PEERS_START, PEERS_END),
+        (ANALYSIS_START, ANALYSIS_END)))  # other runs' sections
     args.results.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text,
                             encoding="utf-8")
     raw = {"run": {"command": info.command, "date": info.date, "machine": machine,
@@ -253,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
            "targets": [vars(c.target) for c in checks]}
     (args.out / "results.json").write_text(json.dumps(raw, indent=2, default=str),
                                            encoding="utf-8")
+    side = [p for p in args.peers if p != "torchserve"]
+    if side:
+        run_side_by_side(side, args.out, budget, args.results, info.command, log, rounds=2)
     log(f"wrote {args.results} and {args.out / 'results.json'} "
         f"({time.perf_counter() - started:.0f} s)")
     for check in checks:
