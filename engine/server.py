@@ -131,6 +131,7 @@ async def serve(cfg: Config) -> None:
             await _serve(cfg, TaskOwner(group), stop)
         except (DagserveError, OSError) as exc:  # reported by run(), not as a group
             failure = exc
+        group.cancel_scope.cancel()  # whatever the owner still runs (a failed start never closed it)
     if failure is not None:
         raise failure
 
