@@ -23,6 +23,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily
 
 from .config import Config
 from .errors import ConfigError
+from .workers.pool import visible_gpu_count
 
 log = logging.getLogger("dagserve.metrics")
 
@@ -125,7 +126,11 @@ def sample_host(previous: _CpuTimes | None, disk_path: Path) -> tuple[dict[str, 
 
 
 def sample_gpus() -> dict[int, dict[str, float]]:
-    """Per CUDA device: memory used and its share, and utilization when NVML answers."""
+    """Per CUDA device: memory used and its share, and utilization when NVML answers.
+    torch is imported only where the driver shows a GPU (the frontend otherwise never
+    imports it: that was 150 MiB and seconds of start-up on a CPU machine)."""
+    if visible_gpu_count(None) == 0:
+        return {}
     try:
         import torch
 

@@ -43,6 +43,7 @@ def test_gpu_count_comes_from_the_driver_and_cuda_visible_devices(tmp_path):
 def test_the_frontend_does_not_import_torch():
     code = ("import sys; import dagserve.engine.server, dagserve.engine.runtime; "
             "from dagserve.engine.workers.pool import visible_gpu_count; visible_gpu_count(None); "
+            "from dagserve.engine.system_metrics import sample_gpus; sample_gpus(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout

@@ -24,23 +24,21 @@ def _best(row: dict) -> tuple[str, float]:
     return label, scores[label]
 
 
-def round_shapes(data: list[dict] | None, context) -> list[str] | None:
+def _answers(data: list[dict] | None, branch: str, corners) -> list[str] | None:
+    """One branch's answer per request: the label, its confidence and its corners."""
     if data is None:
         return None
     out = []
     for row in data:
         label, p = _best(row)
-        out.append(json.dumps({"branch": "round_shapes", "label": label,
-                               "confidence": round(p, 4), "corners": 0}))
+        out.append(json.dumps({"branch": branch, "label": label, "confidence": round(p, 4),
+                               "corners": corners(label)}))
     return out
+
+
+def round_shapes(data: list[dict] | None, context) -> list[str] | None:
+    return _answers(data, "round_shapes", lambda label: 0)
 
 
 def angular_shapes(data: list[dict] | None, context) -> list[str] | None:
-    if data is None:
-        return None
-    out = []
-    for row in data:
-        label, p = _best(row)
-        out.append(json.dumps({"branch": "angular_shapes", "label": label,
-                               "confidence": round(p, 4), "corners": CORNERS.get(label)}))
-    return out
+    return _answers(data, "angular_shapes", CORNERS.get)
