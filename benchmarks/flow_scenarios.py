@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Callable
 
 from .artifacts import MODELS, BenchArtifacts, _mar, _models_header, _war

@@ -78,11 +78,6 @@ def tree_rss_bytes(pid: int) -> int:
     return sum(_rss_bytes(p) for p in process_tree(pid))
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` alone (0 when it is gone)."""
-    return _cpu_seconds(pid)
-
-
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by ``pid`` and its live descendants."""
     return sum(_cpu_seconds(p) for p in process_tree(pid))

@@ -231,13 +231,13 @@ def _scenario_extras(key: str, res: ScenarioResult) -> list[str]:
                 f"in-process handler, batch {batch}: {variants}; best served batch {batch}: "
                 f"{served.load.ok_rps:,.0f} req/s = "
                 f"{100 * served.load.ok_rps / base['items_per_s']:.0f} % of in-process")
-    elif key == "c":
+    elif key in ("c", "h"):
         for k in (3, 5):
             hop = res.extra.get(f"per_hop_k{k}")
             if hop:
                 out.append(f"per hop from chain {k} vs chain 1: {hop['p50_ms']:.3f} ms p50, "
                            f"{hop['p99_ms']:.3f} ms p99")
-    elif key == "d":
+    if key in ("d", "h"):
         chain, node = res.row(what="chain"), res.row(what="node")
         if chain and node and node.load.ok_rps:
             out.append(f"chain / node: {100 * chain.load.ok_rps / node.load.ok_rps:.0f} %")

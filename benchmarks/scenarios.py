@@ -307,16 +307,20 @@ def scenario_hops(server: ServerProcess, art: BenchArtifacts, budget: Budget,
     except Unsupported as exc:
         result.skipped = str(exc)
         return result
+    add_per_hop(result)
+    return result
+
+
+def add_per_hop(result: ScenarioResult) -> None:
+    """ms per hop from the rows of chains of 1, 3 and 5 nodes (params ``k``)."""
     if any(r.load.requests == r.load.errors for r in result.rows):
         result.notes.append("ms per hop not computed: a chain had no successful answer")
-        return result
+        return
     base = result.row(k=1).load
     for k in (3, 5):
-        row = result.row(k=k)
-        result.extra[f"per_hop_k{k}"] = {
-            "p50_ms": (row.load.p50_ms - base.p50_ms) / (k - 1),
-            "p99_ms": (row.load.p99_ms - base.p99_ms) / (k - 1)}
-    return result
+        row = result.row(k=k).load
+        result.extra[f"per_hop_k{k}"] = {"p50_ms": (row.p50_ms - base.p50_ms) / (k - 1),
+                                         "p99_ms": (row.p99_ms - base.p99_ms) / (k - 1)}
 
 
 # ---- (d) chain throughput -------------------------------------------------------------------
@@ -382,3 +386,4 @@ def run_scenario(key: str, server: ServerProcess, art: BenchArtifacts, budget: B
 
 
 from . import flow_scenarios  # noqa: E402,F401  (adds (f) and (g) to SCENARIOS)
+from . import fused_scenarios  # noqa: E402,F401  (adds (h))

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The function node(s) a request is for, in a worker that serves several function nodes of
+# one workflow (handler/function_group.py): ``node`` or ``a,b,c`` (a chain in one call)
+NODES_HEADER = "dagserve-nodes"
+
 
 @dataclass(slots=True)
 class Param:
@@ -37,3 +41,6 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
     handler_s: float | None = None  # the worker's time for the batch it came in (traces)
+    # function nodes run in one worker call: [node, code, seconds, bytes out] per node that
+    # ran (handler/function_group.py)
+    trail: list | None = None

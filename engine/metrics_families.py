@@ -71,8 +71,9 @@ def model_families(versions: list, workflows: Iterable) -> Iterator[Metric]:
     for mv in versions:
         labels = model_labels(mv, node_of)
         _add_histogram(latency, labels, mv.stats.latency, mv.stats.latency_us / 1e6)
-        _add_histogram(wait, labels, mv.queue.queue_wait, mv.queue.queue_latency_s)
-        _add_histogram(batch, labels, mv.queue.batch_sizes)
+        if mv.owns_workers:  # function nodes sharing a worker: reported by the group's first
+            _add_histogram(wait, labels, mv.queue.queue_wait, mv.queue.queue_latency_s)
+            _add_histogram(batch, labels, mv.queue.batch_sizes)
         for outcome, n in outcome_counts(mv.stats).items():
             calls.add_sample("dagserve_calls_total", {**labels, "outcome": outcome}, n)
     yield from (latency, wait, batch, calls)

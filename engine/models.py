@@ -49,6 +49,7 @@ class ModelOptions:
     loaded_at_startup: bool = False
     version: str | None = None
     ray: dict[str, Any] | None = None  # Ray placement options (POST /models?ray=<JSON>)
+    functions: dict[str, str] | None = None  # a workflow's function group (function_nodes.py)
 
 
 def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
@@ -216,7 +217,7 @@ class ModelManager:
                           limit_max_image_pixels=self.cfg.limit_max_image_pixels,
                           max_retry_timeout_s=extra.max_retry_timeout_s,
                           uses_torch=_uses_torch(model_dir, raw, handler),
-                          envelope=self.cfg.service_envelope)
+                          envelope=self.cfg.service_envelope, functions=opts.functions)
         queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         placement = ray_placement(acfg, per_model, name, opts.ray)  # checked even without Ray
@@ -250,7 +251,8 @@ class ModelManager:
                                 f"unregister the workflow instead")
         self.registry.remove(mv.name, mv.version)
         try:
-            await mv.pool.close(grace_s=0 if force else self.cfg.unregister_model_timeout)
+            if mv.owns_workers:  # not a function node served by its group's workers
+                await mv.pool.close(grace_s=0 if force else self.cfg.unregister_model_timeout)
         finally:
             if mv.owns_dir:
                 shutil.rmtree(mv.model_dir, ignore_errors=True)
@@ -258,5 +260,5 @@ class ModelManager:
         return mv
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(mv.pool.close() for mv in self.registry.all_versions()),
-                             return_exceptions=True)
+        await asyncio.gather(*(mv.pool.close() for mv in self.registry.all_versions()
+                               if mv.owns_workers), return_exceptions=True)

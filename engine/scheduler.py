@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import anyio
 
 from . import tracing
 from .errors import DagserveError
+from .fused_trail import account_fused, outcome_of
 from .messages import Param, Request, Response
 
 BACKOFF_BASE_S = 0.05
@@ -51,6 +52,9 @@ class NodePlan:
     children: tuple[str, ...]
     timeout_s: float
     retries: int
+    # the nodes after this one that run in its worker call (function nodes sharing a
+    # worker, each the only child of the one before: function_nodes.py, segments.py)
+    fused: tuple["NodePlan", ...] = ()
 
 
 class NodeFailed(Exception):
@@ -74,13 +78,21 @@ class Plan:
         self.chain = _linear_chain(self)
 
     @classmethod
-    def from_compiled(cls, compiled) -> "Plan":
-        nodes = {}
+    def from_compiled(cls, compiled, fused: frozenset[str] | set[str] = frozenset()) -> "Plan":
+        """``fused``: the nodes that run in their parent's worker call."""
+        base = {}
         for name in compiled.topo_order:
             settings = compiled.graph.nodes[name]["settings"]
-            nodes[name] = NodePlan(name, tuple(compiled.parents.get(name, ())),
-                                   tuple(compiled.children.get(name, ())),
-                                   settings.timeout_ms / 1000.0, settings.retry_attempts)
+            base[name] = NodePlan(name, tuple(compiled.parents.get(name, ())),
+                                  tuple(compiled.children.get(name, ())),
+                                  settings.timeout_ms / 1000.0, settings.retry_attempts)
+        nodes = {}
+        for name, node in base.items():
+            tail = []
+            while name not in fused and len(node.children) == 1 and node.children[0] in fused:
+                node = base[node.children[0]]
+                tail.append(node)
+            nodes[name] = replace(base[name], fused=tuple(tail)) if tail else base[name]
         return cls(compiled.start, tuple(compiled.leaves), nodes)
 
 
@@ -136,7 +148,9 @@ def _cancelled_from_outside() -> bool:
 
 
 async def call_node(plan: NodePlan, target, request: Request, params: list[Param],
-                    may_stream: bool = False, item: int | None = None) -> Response:
+                    may_stream: bool = False, item: int | None = None,
+                    fused: tuple[NodePlan, ...] = (), targets: dict | None = None,
+                    first_attempt: int = 0) -> Response:
     """One node, with its timeout per attempt and retries with backoff. A node whose handler
     streams is collected into one response, unless ``may_stream`` (it is the response
     node): then its stream is returned as it is produced. ``item``: which of a foreach
@@ -146,7 +160,14 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
     trace = tracing.current.get()
     last = "no attempt made"
     status = 500
-    for attempt in range(plan.retries + 1):
+    timeout_s = plan.timeout_s
+    names = None
+    if fused:
+        timeout_s += sum(node.timeout_s for node in fused)
+        # each node's own limit travels with it: the worker keeps it (function_group.py);
+        # the timer here is a safety net for a worker that does not answer at all
+        names = ",".join(f"{node.name}:{node.timeout_s:g}" for node in (plan, *fused))
+    for attempt in range(first_attempt, plan.retries + 1):
         if attempt:
             target.stats.retried += 1
             await anyio.sleep(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
@@ -157,8 +178,10 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
         started = loop.time()
         try:
             target.pool.check_can_serve()
-            future = target.queue.submit(Request(request.id, params, request.headers), probe)
-            timer = loop.call_later(plan.timeout_s, _expire, future, expired, target.pool)
+            req = Request(request.id, params, request.headers)
+            future = target.queue.submit(req, probe) if names is None else \
+                target.queue.submit(req, probe, names)
+            timer = loop.call_later(timeout_s, _expire, future, expired, target.pool)
             resp: Response = await future
             if resp.__class__ is not Response:  # a stream: its first chunk is out
                 if may_stream:
@@ -175,7 +198,7 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
                 if probe is not None:
                     probe.finish("cancelled", 499, "the request ended first")
                 raise
-            last, status = f"timed out after {plan.timeout_s * 1000:g} ms", 500
+            last, status = f"timed out after {timeout_s * 1000:g} ms", 500
             target.stats.count(504, loop.time() - started)
             if probe is not None:
                 probe.finish("timeout", 504, last)
@@ -189,6 +212,9 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
         finally:
             if timer is not None:
                 timer.cancel()
+        if resp.trail is not None and len(resp.trail) > 1:  # this node and fused ones ran
+            account_fused(resp, plan, target, fused, targets, loop.time() - started, probe)
+            return resp
         target.stats.count(resp.code, loop.time() - started)  # every node has its metrics
         if resp.code < 400:
             if probe is not None:
@@ -196,25 +222,59 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
             return resp
         last = resp.message or resp.value.decode("utf-8", "replace") or f"status {resp.code}"
         if probe is not None:
-            probe.finish("error", resp.code, last, len(resp.value), resp.handler_s)
+            probe.finish(outcome_of(resp), resp.code, last, len(resp.value), resp.handler_s)
         if resp.code < 500:  # the node refused its input: retrying cannot help
             raise NodeFailed(plan.name, resp.code, last)
         status = 500
     raise NodeFailed(plan.name, status if status < 500 else 500, last)
 
 
+async def run_segment(head: NodePlan, targets: dict, request: Request, params: list[Param],
+                      may_stream: bool = False) -> Response:
+    """``head`` and the nodes fused after it, in one worker call. When a node after the
+    first fails, its input comes back: it is retried (its first attempt spent) from there,
+    with the nodes after it, by its own retry rules."""
+    nodes = (head, *head.fused)
+    pos = first_attempt = 0
+    while True:
+        node = nodes[pos]
+        resp = await call_node(node, targets[node.name], request, params, may_stream,
+                               fused=nodes[pos + 1:], targets=targets,
+                               first_attempt=first_attempt)
+        trail = getattr(resp, "trail", None)
+        if trail is None or resp.code < 400:
+            return resp
+        pos += len(trail) - 1
+        failed = nodes[pos]
+        message = resp.message or f"status {resp.code}"
+        if resp.code < 500:
+            raise NodeFailed(failed.name, resp.code, message)
+        if failed.retries == 0:
+            raise NodeFailed(failed.name, 500, message)
+        params, first_attempt = [Param("body", None, resp.value)], 1
+
+
+def _call(node: NodePlan, targets: dict, request: Request, params: list[Param],
+          may_stream: bool):
+    """One node, or a node and those fused after it."""
+    if node.fused:
+        return run_segment(node, targets, request, params, may_stream)
+    return call_node(node, targets[node.name], request, params, may_stream)
+
+
 async def run_chain(chain: tuple[NodePlan, ...], targets: dict, request: Request) -> Response:
     """A linear DAG in the calling task: each node gets the previous output as ``body``."""
     params = request.params
-    resp = None
     last = chain[-1]
-    for node in chain:
-        resp = await call_node(node, targets[node.name], request, params, node is last)
-        if node is last:
-            break
+    index = 0
+    while True:
+        node = chain[index]
+        end = node.fused[-1] if node.fused else node
+        resp = await _call(node, targets, request, params, end is last)
+        if end is last:
+            return resp
+        index += 1 + len(node.fused)
         params = [Param("body", None, resp.value)]
-    assert resp is not None
-    return resp
 
 
 async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
@@ -229,11 +289,12 @@ async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
         # other ready children get tasks of their own.
         while True:
             node = plan.nodes[name]
-            outputs[name] = await call_node(node, targets[name], request,
+            end = node.fused[-1] if node.fused else node
+            outputs[end.name] = await _call(node, targets, request,
                                             node_inputs(node, request, outputs),
-                                            not node.children and len(plan.leaves) == 1)
+                                            not end.children and len(plan.leaves) == 1)
             ready = []
-            for child in node.children:
+            for child in end.children:
                 waiting[child] -= 1
                 if waiting[child] == 0:
                     ready.append(child)

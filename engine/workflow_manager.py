@@ -19,6 +19,7 @@ from . import tracing
 from .config import Config, startup_entries
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
                      WorkflowNotFoundError)
+from .function_nodes import NodeQueue, function_groups, fusable, group_member
 from .models import ModelManager, ModelOptions
 from .flow import FlowPlan, request_deadline_ms, run_flow
 from .registry import DEFAULT_WORKFLOW_VERSION, ModelVersion, Registry, WorkflowEntry
@@ -102,7 +103,9 @@ class WorkflowManager:
             self.registry.release_workflow(name, version)
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
-        plan = Plan.from_compiled(compiled)
+        groups = function_groups(compiled, [n for n in compiled.topo_order
+                                            if n not in compiled.shared])
+        plan = Plan.from_compiled(compiled, fusable(compiled, groups))
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
                               node_models=nodes, plan=plan, version=version, shared=shared,
                               targets={**nodes, **shared},
@@ -133,30 +136,47 @@ class WorkflowManager:
     async def _start_nodes(self, name: str, compiled: CompiledWorkflow, wf_dir: Path,
                            handler: str, version: str, response_timeout: int | None = None,
                            ) -> dict[str, ModelVersion]:
+        """One model per node; function nodes with the same settings share their workers
+        (function_nodes.py)."""
         started: dict[str, ModelVersion] = {}
+        module = Path(handler_file_name(handler)).stem
+        owned = [n for n in compiled.topo_order if n not in compiled.shared]
+        groups = function_groups(compiled, owned)
+        grouped = {node: group for group in groups for node in group}
 
         async def start(node: str) -> None:
             settings = compiled.graph.nodes[node]["settings"]
+            group = grouped.get(node)
             opts = ModelOptions(model_name=node_model_name(name, node),
                                 batch_size=settings.batch_size,
                                 max_batch_delay=settings.max_batch_delay_ms,
                                 initial_workers=max(1, settings.min_workers),
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
                                 response_timeout=response_timeout, owner=name,
-                                version=version)
+                                version=version,
+                                functions=None if group is None else
+                                {n: node_model_name(name, n) for n in group})
             if compiled.graph.nodes[node]["kind"] == "model":
                 mv = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)
             else:
                 mv = await self.models.register_dir(
                     f"{name}:{node}", wf_dir, opts, name=opts.model_name or node, version=version,
-                    runtime="python", handler=f"{Path(handler_file_name(handler)).stem}:{node}",
+                    runtime="python", handler=f"{module}:{node}",
                     manifest={}, owns_dir=False)
             started[node] = mv
+            for other in group[1:] if group else ():
+                member = group_member(mv, other, node_model_name(name, other),
+                                      f"{module}:{other}")
+                self.registry.reserve(member.name, member.version)
+                self.registry.add(member)
+                started[other] = member
+            if group:
+                mv.queue = NodeQueue(mv.queue, node)
 
-        owned = [n for n in compiled.topo_order if n not in compiled.shared]
-        results = await asyncio.gather(*(start(n) for n in owned), return_exceptions=True)
-        failures = [(n, r) for n, r in zip(owned, results)
+        firsts = [n for n in owned if n not in grouped or grouped[n][0] == n]
+        results = await asyncio.gather(*(start(n) for n in firsts), return_exceptions=True)
+        failures = [(n, r) for n, r in zip(firsts, results)
                     if isinstance(r, BaseException)]
         if failures:
             await asyncio.gather(*(self.models.unregister(mv.name, mv.version, force=True)
@@ -186,11 +206,16 @@ class WorkflowManager:
     async def scale(self, name: str, min_workers: int | None, max_workers: int | None,
                     version: str | None = None) -> None:
         entry = self.registry.workflow(name, version)
+        owners = [mv for mv in entry.node_models.values() if mv.owns_workers]
         await asyncio.gather(*(self.models.scale(
             mv, mv.min_workers if min_workers is None else min_workers,
             max(mv.max_workers if max_workers is None else max_workers,
                 mv.min_workers if min_workers is None else min_workers))
-            for mv in entry.node_models.values()))
+            for mv in owners))
+        for mv in entry.node_models.values():  # function nodes that share those workers
+            if not mv.owns_workers:
+                first = next(o for o in owners if o.pool is mv.pool)
+                mv.min_workers, mv.max_workers = first.min_workers, first.max_workers
 
     # -- start and snapshots --------------------------------------------------------------
 

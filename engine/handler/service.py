@@ -24,7 +24,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagserve.archiver.manifest import read_manifest_data
 
@@ -36,6 +36,9 @@ from .model_config import load_model_config
 from .request_envelope import envelope_class
 from .streaming import StreamCancelled
 from .util import PredictionException
+
+if TYPE_CHECKING:
+    from .function_group import FunctionGroupService
 
 __all__ = ["Service", "ServiceConfig", "load_service"]
 
@@ -56,10 +59,14 @@ class ServiceConfig:
     server_version: str = ""
     config_file: str | None = None  # model-config YAML; relative paths are in model_dir
     envelope: str | None = None  # service_envelope: every batch goes through it
+    # A workflow's function group (function_group.py): node name -> its model name; the
+    # handler names the module (``wf_handler:<any node>``)
+    functions: dict[str, str] | None = None
 
 
-def load_service(config: ServiceConfig) -> Service:
-    """Read the manifest and model config, build the context, load the handler."""
+def load_service(config: ServiceConfig) -> "Service | FunctionGroupService":
+    """Read the manifest and model config, build the context, load the handler (or, for a
+    function group, one handler per node from the same module)."""
     model_dir = Path(config.model_dir).resolve()
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
@@ -70,16 +77,28 @@ def load_service(config: ServiceConfig) -> Service:
         handler = model_section.get("handler")
     if not handler:
         raise ValueError("no handler given and the manifest names none")
-    if not isinstance(model_section, dict):
-        # A workflow's function worker has a WAR manifest (or none): give handlers the
-        # model section they expect to find.
-        manifest = dict(manifest, model={"modelName": config.model_name, "handler": handler})
-    yaml_config = load_model_config(model_dir, manifest, config.config_file)
-    context = Context(config.model_name, str(model_dir), manifest, config.batch_size,
-                      config.gpu_id, config.server_version, config.limit_max_image_pixels,
-                      MetricsCache(config.model_name), yaml_config)
-    entry = load_handler(handler, model_dir, context)
-    return Service(context, entry, decode_input=config.decode_input, envelope=config.envelope)
+
+    def load_one(handler: str, model_name: str) -> Service:
+        node_manifest = manifest
+        if not isinstance(model_section, dict):
+            # A workflow's function worker has a WAR manifest (or none): give handlers the
+            # model section they expect to find.
+            node_manifest = dict(manifest, model={"modelName": model_name, "handler": handler})
+        yaml_config = load_model_config(model_dir, node_manifest, config.config_file)
+        context = Context(model_name, str(model_dir), node_manifest, config.batch_size,
+                          config.gpu_id, config.server_version, config.limit_max_image_pixels,
+                          MetricsCache(model_name), yaml_config)
+        entry = load_handler(handler, model_dir, context)
+        return Service(context, entry, decode_input=config.decode_input,
+                       envelope=config.envelope)
+
+    if config.functions:
+        from .function_group import load_function_group
+
+        module = handler.partition(":")[0]
+        return load_function_group(lambda node, model: load_one(f"{module}:{node}", model),
+                                   config.functions)
+    return load_one(handler, config.model_name)
 
 
 def decode_value(content_type: str | None, value: bytes) -> Any:

@@ -98,6 +98,8 @@ def encode_result(responses: list[Response], metrics: list[dict] | None = None,
             item["headers"] = r.headers
         if r.message:
             item["msg"] = r.message
+        if r.trail:
+            item["trail"] = r.trail
         resps.append(item)
         chunks.append(value)
         size += len(value)
@@ -122,7 +124,7 @@ def decode_result(meta: dict, body: bytes) -> list[Response]:
     if len(resps) == 1 and resps[0]["len"] == len(body):  # one response: no copy
         r = resps[0]
         return [Response(r["id"], r["code"], bytes(body), r.get("ct"), r.get("headers") or {},
-                         r.get("msg", ""), meta.get("t"))]
+                         r.get("msg", ""), meta.get("t"), r.get("trail"))]
     view = memoryview(body)
     pos = 0
     out = []
@@ -130,7 +132,8 @@ def decode_result(meta: dict, body: bytes) -> list[Response]:
     for r in resps:
         n = r["len"]
         out.append(Response(r["id"], r["code"], bytes(view[pos:pos + n]), r.get("ct"),
-                            r.get("headers") or {}, r.get("msg", ""), handler_s))
+                            r.get("headers") or {}, r.get("msg", ""), handler_s,
+                            r.get("trail")))
         pos += n
     return out
 

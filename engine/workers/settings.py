@@ -32,6 +32,7 @@ class WorkerSettings:
     server_version: str = ""
     config_file: str | None = None  # model-config YAML, else the manifest's
     envelope: str | None = None  # service_envelope: a request envelope for every batch
+    functions: dict[str, str] | None = None  # a workflow's function group: node -> model name
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -65,19 +66,22 @@ class WorkerSettings:
             handler=self.handler or None, gpu_id=self.gpu_id, batch_size=max(1, self.batch_size),
             decode_input=self.decode_input, limit_max_image_pixels=self.limit_max_image_pixels,
             server_version=self.server_version, config_file=self.config_file or None,
-            envelope=self.envelope or None)
+            envelope=self.envelope or None, functions=self.functions or None)
 
 
-_TYPES = {"str": (str,), "int": (int,), "bool": (bool,)}
+_TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "dict": (dict,)}
 
 
 def _check_type(name: str, annotation: Any, value: Any) -> None:
     text = str(annotation)
     optional = "None" in text
-    base = text.split("|")[0].strip()
+    base = text.split("|")[0].split("[")[0].strip()
     if value is None and optional:
         return
     allowed = _TYPES[base]
     if isinstance(value, bool) and base == "int" or not isinstance(value, allowed):
         raise ValueError(f"{name!r} must be {'null or ' if optional else ''}{base}, "
                          f"got {value!r}")
+    if base == "dict" and not all(isinstance(k, str) and isinstance(v, str)
+                                  for k, v in value.items()):
+        raise ValueError(f"{name!r} must map strings to strings, got {value!r}")

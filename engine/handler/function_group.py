@@ -1,0 +1,169 @@
+"""The function nodes of one workflow in one worker process.
+
+A workflow's function nodes whose worker settings are the same (batch size, batch delay,
+workers) share one worker: it imports the workflow's handler file once and keeps one
+:class:`~.service.Service` per node, each with its own context (model name
+``<workflow>__<node>``, as TorchServe names a function node's model). Every request names the
+node to run in the :data:`NODES_HEADER` header, which the frontend adds and the handler
+never sees.
+
+The header may name several nodes, ``a:0.3,b:1,c:0.3`` (each with its ``timeout-ms`` in
+seconds): consecutive nodes of a chain (each the only child of the one before) run in this one
+call, each getting the previous node's output as ``body``, as the scheduler would pass it,
+but without a round trip through the frontend per node. Each node's time limit is kept here
+(a timer signal interrupts the handler, as the frontend's interrupt would), so a node that
+runs too long fails as timed out under its own name. The answer then carries a trail, ``[node, code, seconds, bytes out]`` per node that ran,
+which the frontend turns into each node's metrics and trace. A node that fails ends the
+request's run there: its error is the answer, and when it was not the first node the answer's
+body is that node's input, so the frontend can retry the node (and the rest) with it.
+
+Requests of one batch that name different nodes are served node by node: a batch of ``a``
+requests and ``b`` requests is one call of ``a``'s handler and one of ``b``'s.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Callable
+
+from ..messages import NODES_HEADER, Param, Request, Response
+from .context import Context
+from .service import Service
+
+
+class NodeTimedOut(BaseException):
+    """A node of a fused call ran past its own time limit (a BaseException, so a handler's
+    ``except Exception`` cannot swallow it)."""
+
+
+def _on_alarm(signum, frame) -> None:
+    raise NodeTimedOut()
+
+
+def _install_alarm() -> bool:
+    try:
+        signal.signal(signal.SIGALRM, _on_alarm)
+        return True
+    except ValueError:  # not the main thread (a Ray actor): the frontend's limit only
+        return False
+
+
+class FunctionGroupService:
+    """Serves batches for several function nodes (``services``: node name -> its Service)."""
+
+    def __init__(self, services: dict[str, Service]):
+        if not services:
+            raise ValueError("a function group needs at least one node")
+        self.services = services
+        self.first = next(iter(services))  # a request that names no node (never sent)
+        self._alarm = _install_alarm()
+        # The worker's serve loop sets ``context.intermediate_sender`` on this one context;
+        # each node's own context gets it before the node runs.
+        self.context: Context = next(iter(services.values())).context
+
+    def predict(self, requests: list[Request]) -> tuple[list[Response], list[dict]]:
+        segments: dict[str, list[int]] = {}
+        for index, req in enumerate(requests):
+            names = req.headers.pop(NODES_HEADER, None) or self.first
+            segments.setdefault(names, []).append(index)
+        out: list[Response | None] = [None] * len(requests)
+        metrics: list[dict] = []
+        for names, indexes in segments.items():
+            steps = [_step(part) for part in names.split(",")]
+            unknown = [n for n, _ in steps if n not in self.services]
+            if unknown:
+                message = f"no function node {', '.join(unknown)} in this worker"
+                for i in indexes:
+                    out[i] = Response(requests[i].id, 500, b"", None, {}, message)
+                continue
+            answers = self._run(steps, [requests[i] for i in indexes], metrics)
+            for i, resp in zip(indexes, answers):
+                out[i] = resp
+        return out, metrics  # type: ignore[return-value]
+
+    def _run(self, nodes: list[tuple[str, float | None]], requests: list[Request],
+             metrics: list[dict]) -> list[Response]:
+        """One segment for a batch of requests: node after node, each on those still going."""
+        answers: list[Response | None] = [None] * len(requests)
+        trails: list[list] = [[] for _ in requests]
+        live = list(range(len(requests)))
+        inputs = requests
+        sender = self.context.intermediate_sender
+        last = len(nodes) - 1
+        for pos, (node, limit_s) in enumerate(nodes):
+            service = self.services[node]
+            streamed: dict[str, list[bytes]] = {}
+            service.context.intermediate_sender = sender if pos == last else \
+                _collector(streamed)
+            started = time.perf_counter()
+            responses, node_metrics = self._predict(service, inputs, limit_s)
+            seconds = round(time.perf_counter() - started, 6)
+            metrics.extend(node_metrics)
+            going: list[int] = []
+            next_inputs: list[Request] = []
+            for index, req, resp in zip(live, inputs, responses):
+                if streamed and resp.code < 400 and req.id in streamed:
+                    resp.value = b"".join(streamed[req.id]) + resp.value  # as collected
+                trails[index].append([node, resp.code, seconds, len(resp.value)])
+                if resp.code >= 400 or pos == last:
+                    if resp.code >= 400 and pos > 0:
+                        resp.value = req.params[0].value  # the failed node's input
+                    if len(nodes) > 1:
+                        resp.trail = trails[index]
+                    answers[index] = resp
+                else:
+                    going.append(index)
+                    next_inputs.append(Request(req.id, [Param("body", None, resp.value)],
+                                               req.headers))
+            live, inputs = going, next_inputs
+            if not live:
+                break
+        return answers  # type: ignore[return-value]
+
+    def _predict(self, service: Service, requests: list[Request],
+                 limit_s: float | None) -> tuple[list[Response], list[dict]]:
+        if limit_s is None or not self._alarm:
+            return service.predict(requests)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, limit_s)
+            try:
+                return service.predict(requests)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except NodeTimedOut:
+            message = f"timed out after {limit_s * 1000:g} ms"
+            return [Response(r.id, 504, b"", None, {}, message) for r in requests], \
+                service.context.metrics.drain()
+
+
+def _step(part: str) -> tuple[str, float | None]:
+    """``node`` or ``node:seconds``."""
+    node, _, limit = part.partition(":")
+    try:
+        return node, float(limit) if limit else None
+    except ValueError:
+        return node, None
+
+
+def _collector(streamed: dict[str, list[bytes]]) -> Callable[[list[Response]], None]:
+    """Intermediate results of a node that is not the last of its segment: kept, and put in
+    front of its output (what the frontend does when it collects a node's stream)."""
+
+    def collect(responses: list[Response]) -> None:
+        for resp in responses:
+            if resp.code < 400:
+                streamed.setdefault(resp.id, []).append(resp.value)
+
+    return collect
+
+
+def load_function_group(load_one: Callable[[str, str], Service],
+                        functions: dict[str, str]) -> FunctionGroupService:
+    """``functions``: node name -> its model name; ``load_one(node, model_name)`` loads the
+    node's function handler."""
+    return FunctionGroupService({node: load_one(node, model) for node, model in
+                                 functions.items()})
+
+
+__all__ = ["FunctionGroupService", "NODES_HEADER", "load_function_group"]
