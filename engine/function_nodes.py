@@ -18,7 +18,7 @@ import dataclasses
 import time
 from typing import Any
 
-from .messages import NODES_HEADER, Request
+from .messages import Request
 from .registry import ModelStats, ModelVersion
 
 
@@ -51,9 +51,8 @@ class NodeQueue:
 
     def submit(self, request: Request, probe: Any = None, nodes: str | None = None):
         """``nodes``: several nodes of the group run in this one call (``a,b,c``)."""
-        headers = dict(request.headers)
-        headers[NODES_HEADER] = nodes or self.node
-        return self.shared.submit(Request(request.id, request.params, headers), probe)
+        return self.shared.submit(Request(request.id, request.params, request.headers,
+                                          nodes or self.node), probe)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.shared, name)

@@ -2,7 +2,7 @@
 
 Function nodes that share a worker and follow each other in a chain run in one worker call
 (``function_nodes.py``, ``handler/function_group.py``). The worker answers with a trail,
-``[node, code, seconds, bytes out]`` for every node that ran, so each node still counts its
+``code, seconds, bytes out`` for every node that ran (a flat list), so each node still counts its
 own call (status and time) and, in a traced request, gets its own attempt, as if the
 frontend had called it: the first node's time is the call's, less what the others took.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import tracing
 from .messages import Response
 
 
@@ -22,33 +21,32 @@ def outcome_of(resp: Response) -> str:
     return "timeout" if resp.code == 504 and resp.message.startswith("timed out") else "error"
 
 
-def account_fused(resp: Response, head: Any, head_target: Any, fused: tuple,
-                  targets: dict | None, elapsed_s: float, probe: Any) -> None:
-    """Record what ``resp.trail`` says (``head`` ran first, then ``fused`` in order)."""
-    trail = resp.trail or []
-    others = sum(step[2] for step in trail[1:])
-    first = trail[0]
-    head_target.stats.count(first[1], max(0.0, elapsed_s - others))
+def account_fused(resp: Response, head_target: Any, fused: tuple, targets: dict | None,
+                  elapsed_s: float, probe: Any, trace: Any) -> None:
+    """Record what ``resp.trail`` (code, seconds, bytes out per node) says: the call's first
+    node ran, then ``fused`` in order, as far as the trail goes."""
+    trail = resp.trail or ()
+    others = sum(trail[4::3])
+    head_target.stats.count(trail[0], max(0.0, elapsed_s - others))
+    if targets is not None:
+        for node, code, seconds in zip(fused, trail[3::3], trail[4::3]):
+            targets[node.name].stats.count(code, seconds)
+    if trace is None:
+        return
     if probe is not None:
-        probe.finish("ok", first[1], "", first[3], first[2])
-    trace = tracing.current.get()
-    now = time.perf_counter()
-    start = now - others
-    previous_out = first[3]
-    for node, step in zip(fused, trail[1:]):
-        name, code, seconds, bytes_out = step
+        probe.finish("ok", trail[0], "", trail[2], trail[1])
+    start = time.perf_counter() - others
+    previous_out = trail[2]
+    for index, node in enumerate(fused[:len(trail) // 3 - 1], 1):
+        code, seconds, bytes_out = trail[3 * index:3 * index + 3]
         target = targets[node.name] if targets else None
-        if target is not None:
-            target.stats.count(code, seconds)
-        if trace is not None:
-            attempt = trace.attempt(node.name, target, 1, (), getattr(probe, "item", None))
-            attempt.bytes_in = previous_out
-            if probe is not None and probe.batch_size is not None:
-                attempt.dispatched(0.0, probe.batch_size, probe.worker_id)
-            failed = code >= 400
-            attempt.finish((outcome_of(resp) if failed else "ok"), code,
-                           (resp.message if failed else ""), 0 if failed else bytes_out,
-                           seconds)
-            attempt.started, attempt.ended = start, start + seconds
+        attempt = trace.attempt(node.name, target, 1, (), getattr(probe, "item", None))
+        attempt.bytes_in = previous_out
+        if probe is not None and probe.batch_size is not None:
+            attempt.dispatched(0.0, probe.batch_size, probe.worker_id)
+        failed = code >= 400
+        attempt.finish((outcome_of(resp) if failed else "ok"), code,
+                       (resp.message if failed else ""), 0 if failed else bytes_out, seconds)
+        attempt.started, attempt.ended = start, start + seconds
         start += seconds
         previous_out = bytes_out

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The function node(s) a request is for, in a worker that serves several function nodes of
-# one workflow (handler/function_group.py): ``node`` or ``a,b,c`` (a chain in one call)
-NODES_HEADER = "dagserve-nodes"
-
 
 @dataclass(slots=True)
 class Param:
@@ -28,6 +24,10 @@ class Request:
     id: str
     params: list[Param]
     headers: dict[str, str] = field(default_factory=dict)
+    # in a worker that serves several function nodes of one workflow
+    # (handler/function_group.py): the node to run, or ``a:0.3,b:1`` (a chain in one call,
+    # with each node's time limit in seconds)
+    nodes: str | None = None
 
 
 @dataclass(slots=True)
@@ -41,6 +41,6 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
     handler_s: float | None = None  # the worker's time for the batch it came in (traces)
-    # function nodes run in one worker call: [node, code, seconds, bytes out] per node that
-    # ran (handler/function_group.py)
+    # function nodes run in one worker call: code, seconds, bytes out for each node that ran,
+    # in order, as one flat list (handler/function_group.py)
     trail: list | None = None

@@ -55,6 +55,7 @@ class NodePlan:
     # the nodes after this one that run in its worker call (function nodes sharing a
     # worker, each the only child of the one before: function_nodes.py, segments.py)
     fused: tuple["NodePlan", ...] = ()
+    call_names: str = ""  # with fused nodes: what the worker call names (segment_names)
 
 
 class NodeFailed(Exception):
@@ -92,8 +93,17 @@ class Plan:
             while name not in fused and len(node.children) == 1 and node.children[0] in fused:
                 node = base[node.children[0]]
                 tail.append(node)
-            nodes[name] = replace(base[name], fused=tuple(tail)) if tail else base[name]
+            nodes[name] = replace(base[name], fused=tuple(tail),
+                                  call_names=segment_names((base[name], *tail))) \
+                if tail else base[name]
         return cls(compiled.start, tuple(compiled.leaves), nodes)
+
+
+def segment_names(nodes) -> str:
+    """The nodes of one worker call with their time limits, ``a:0.3,b:1``: the worker keeps
+    each node's limit (handler/function_group.py); the frontend's timer, at their sum, is a
+    safety net for a worker that does not answer at all."""
+    return ",".join(f"{node.name}:{node.timeout_s:g}" for node in nodes)
 
 
 def _linear_chain(plan: Plan) -> tuple[NodePlan, ...] | None:
@@ -164,9 +174,7 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
     names = None
     if fused:
         timeout_s += sum(node.timeout_s for node in fused)
-        # each node's own limit travels with it: the worker keeps it (function_group.py);
-        # the timer here is a safety net for a worker that does not answer at all
-        names = ",".join(f"{node.name}:{node.timeout_s:g}" for node in (plan, *fused))
+        names = plan.call_names if fused is plan.fused else segment_names((plan, *fused))
     for attempt in range(first_attempt, plan.retries + 1):
         if attempt:
             target.stats.retried += 1
@@ -212,8 +220,8 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
         finally:
             if timer is not None:
                 timer.cancel()
-        if resp.trail is not None and len(resp.trail) > 1:  # this node and fused ones ran
-            account_fused(resp, plan, target, fused, targets, loop.time() - started, probe)
+        if resp.trail is not None and len(resp.trail) > 3:  # this node and fused ones ran
+            account_fused(resp, target, fused, targets, loop.time() - started, probe, trace)
             return resp
         target.stats.count(resp.code, loop.time() - started)  # every node has its metrics
         if resp.code < 400:
@@ -238,13 +246,13 @@ async def run_segment(head: NodePlan, targets: dict, request: Request, params: l
     pos = first_attempt = 0
     while True:
         node = nodes[pos]
+        rest = head.fused if pos == 0 else nodes[pos + 1:]
         resp = await call_node(node, targets[node.name], request, params, may_stream,
-                               fused=nodes[pos + 1:], targets=targets,
-                               first_attempt=first_attempt)
+                               fused=rest, targets=targets, first_attempt=first_attempt)
         trail = getattr(resp, "trail", None)
         if trail is None or resp.code < 400:
             return resp
-        pos += len(trail) - 1
+        pos += len(trail) // 3 - 1
         failed = nodes[pos]
         message = resp.message or f"status {resp.code}"
         if resp.code < 500:

@@ -17,7 +17,6 @@ import pytest
 import requests
 
 from dagserve.engine.function_nodes import function_groups, fusable
-from dagserve.engine.handler.function_group import NODES_HEADER
 from dagserve.engine.handler.service import ServiceConfig, load_service
 from dagserve.engine.messages import Param, Request
 from dagserve.engine.scheduler import Plan
@@ -90,7 +89,7 @@ def group(tmp_path):
 
 
 def _req(rid: str, body: bytes, nodes: str) -> Request:
-    return Request(rid, [Param("body", None, body)], {NODES_HEADER: nodes})
+    return Request(rid, [Param("body", None, body)], {}, nodes)
 
 
 def test_a_chain_runs_in_one_call_with_a_trail(group):
@@ -98,9 +97,8 @@ def test_a_chain_runs_in_one_call_with_a_trail(group):
     pid = os.getpid()
     assert resp.code == 200
     assert resp.value.decode() == f"c:wf__tag_c:1(b[{pid}](a[{pid}](x)))"
-    assert [step[0] for step in resp.trail] == ["tag_a", "tag_b", "tag_c"]
-    assert [step[1] for step in resp.trail] == [200, 200, 200]
-    assert resp.trail[-1][3] == len(resp.value)
+    assert resp.trail[0::3] == [200, 200, 200]  # code, seconds, bytes out per node
+    assert resp.trail[-1] == len(resp.value)
 
 
 def test_one_batch_with_requests_for_different_nodes(group):
@@ -114,7 +112,7 @@ def test_one_batch_with_requests_for_different_nodes(group):
 def test_a_failing_middle_node_answers_with_its_input(group):
     [resp], _ = group.predict([_req("r1", b"x", "tag_a,flaky_mid,tag_c")])
     assert resp.code == 503
-    assert [step[:2] for step in resp.trail] == [["tag_a", 200], ["flaky_mid", 503]]
+    assert resp.trail[0::3] == [200, 503]
     assert resp.value.decode() == f"a[{os.getpid()}](x)"  # what flaky_mid was given
     [resp], _ = group.predict([_req("r2", resp.value, "flaky_mid,tag_c")])  # the retry
     assert resp.code == 200 and resp.value.decode() == f"c:wf__tag_c:1(flaky(a[{os.getpid()}](x)))"
@@ -123,15 +121,15 @@ def test_a_failing_middle_node_answers_with_its_input(group):
 def test_a_refusal_keeps_its_status_and_message(group):
     [resp], _ = group.predict([_req("r1", b"x", "tag_a,refuse,tag_c")])
     assert resp.code == 422 and resp.message == "refused this input"
-    assert [step[0] for step in resp.trail] == ["tag_a", "refuse"]
+    assert resp.trail[0::3] == [200, 422]
 
 
 def test_each_node_keeps_its_own_time_limit(group):
     [resp], _ = group.predict([_req("r1", b"x", "tag_a:5,sleepy:0.2,tag_c:5")])
     assert resp.code == 504
     assert resp.message == "timed out after 200 ms"
-    assert [step[:2] for step in resp.trail] == [["tag_a", 200], ["sleepy", 504]]
-    assert resp.trail[1][2] < 2  # interrupted, not slept through
+    assert resp.trail[0::3] == [200, 504]
+    assert resp.trail[4] < 2  # interrupted, not slept through
 
 
 def test_unknown_node_is_an_error_for_that_request_only(group):

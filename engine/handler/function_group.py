@@ -4,15 +4,14 @@ A workflow's function nodes whose worker settings are the same (batch size, batc
 workers) share one worker: it imports the workflow's handler file once and keeps one
 :class:`~.service.Service` per node, each with its own context (model name
 ``<workflow>__<node>``, as TorchServe names a function node's model). Every request names the
-node to run in the :data:`NODES_HEADER` header, which the frontend adds and the handler
-never sees.
+node to run (``Request.nodes``, which the frontend sets; handlers never see it).
 
-The header may name several nodes, ``a:0.3,b:1,c:0.3`` (each with its ``timeout-ms`` in
+It may name several nodes, ``a:0.3,b:1,c:0.3`` (each with its ``timeout-ms`` in
 seconds): consecutive nodes of a chain (each the only child of the one before) run in this one
 call, each getting the previous node's output as ``body``, as the scheduler would pass it,
 but without a round trip through the frontend per node. Each node's time limit is kept here
 (a timer signal interrupts the handler, as the frontend's interrupt would), so a node that
-runs too long fails as timed out under its own name. The answer then carries a trail, ``[node, code, seconds, bytes out]`` per node that ran,
+runs too long fails as timed out under its own name. The answer then carries a trail, ``code, seconds, bytes out`` for each node that ran (one flat list),
 which the frontend turns into each node's metrics and trace. A node that fails ends the
 request's run there: its error is the answer, and when it was not the first node the answer's
 body is that node's input, so the frontend can retry the node (and the rest) with it.
@@ -27,7 +26,7 @@ import signal
 import time
 from typing import Callable
 
-from ..messages import NODES_HEADER, Param, Request, Response
+from ..messages import Param, Request, Response
 from .context import Context
 from .service import Service
 
@@ -37,16 +36,30 @@ class NodeTimedOut(BaseException):
     ``except Exception`` cannot swallow it)."""
 
 
-def _on_alarm(signum, frame) -> None:
-    raise NodeTimedOut()
+class _NodeTimer:
+    """The time limit of the node running now, as a real-time timer signal.
 
+    Arming it is one system call per node (a few microseconds on this kind of machine, most of
+    a node's cost in a fused call), so it is never disarmed: a node re-arms it, and a signal
+    that comes when no timed node runs (the last node finished first) is ignored."""
 
-def _install_alarm() -> bool:
-    try:
-        signal.signal(signal.SIGALRM, _on_alarm)
-        return True
-    except ValueError:  # not the main thread (a Ray actor): the frontend's limit only
-        return False
+    def __init__(self) -> None:
+        self.timing = False  # a node with a limit runs now
+        try:
+            signal.signal(signal.SIGALRM, self._on_alarm)
+            self.available = True
+        except ValueError:  # not the main thread (a Ray actor): the frontend's limit only
+            self.available = False
+
+    def _on_alarm(self, signum, frame) -> None:
+        if self.timing:
+            self.timing = False
+            raise NodeTimedOut()
+
+    def arm(self, seconds: float) -> None:
+        self.timing = False
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        self.timing = True
 
 
 class FunctionGroupService:
@@ -57,7 +70,7 @@ class FunctionGroupService:
             raise ValueError("a function group needs at least one node")
         self.services = services
         self.first = next(iter(services))  # a request that names no node (never sent)
-        self._alarm = _install_alarm()
+        self._timer = _NodeTimer()
         # The worker's serve loop sets ``context.intermediate_sender`` on this one context;
         # each node's own context gets it before the node runs.
         self.context: Context = next(iter(services.values())).context
@@ -65,7 +78,7 @@ class FunctionGroupService:
     def predict(self, requests: list[Request]) -> tuple[list[Response], list[dict]]:
         segments: dict[str, list[int]] = {}
         for index, req in enumerate(requests):
-            names = req.headers.pop(NODES_HEADER, None) or self.first
+            names = req.nodes or self.first
             segments.setdefault(names, []).append(index)
         out: list[Response | None] = [None] * len(requests)
         metrics: list[dict] = []
@@ -105,7 +118,7 @@ class FunctionGroupService:
             for index, req, resp in zip(live, inputs, responses):
                 if streamed and resp.code < 400 and req.id in streamed:
                     resp.value = b"".join(streamed[req.id]) + resp.value  # as collected
-                trails[index].append([node, resp.code, seconds, len(resp.value)])
+                trails[index] += (resp.code, seconds, len(resp.value))
                 if resp.code >= 400 or pos == last:
                     if resp.code >= 400 and pos > 0:
                         resp.value = req.params[0].value  # the failed node's input
@@ -115,7 +128,7 @@ class FunctionGroupService:
                 else:
                     going.append(index)
                     next_inputs.append(Request(req.id, [Param("body", None, resp.value)],
-                                               req.headers))
+                                               req.headers, None))
             live, inputs = going, next_inputs
             if not live:
                 break
@@ -123,14 +136,15 @@ class FunctionGroupService:
 
     def _predict(self, service: Service, requests: list[Request],
                  limit_s: float | None) -> tuple[list[Response], list[dict]]:
-        if limit_s is None or not self._alarm:
+        timer = self._timer
+        if limit_s is None or not timer.available:
             return service.predict(requests)
         try:
-            signal.setitimer(signal.ITIMER_REAL, limit_s)
+            timer.arm(limit_s)
             try:
                 return service.predict(requests)
             finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                timer.timing = False
         except NodeTimedOut:
             message = f"timed out after {limit_s * 1000:g} ms"
             return [Response(r.id, 504, b"", None, {}, message) for r in requests], \
@@ -166,4 +180,4 @@ def load_function_group(load_one: Callable[[str, str], Service],
                                  functions.items()})
 
 
-__all__ = ["FunctionGroupService", "NODES_HEADER", "load_function_group"]
+__all__ = ["FunctionGroupService", "load_function_group"]

@@ -67,7 +67,11 @@ def encode_predict(requests: list[Request]) -> bytes:
             params.append([p.name, p.content_type, len(value)])
             chunks.append(value)
             size += len(value)
-        reqs.append({"id": req.id, "headers": req.headers, "params": params})
+        if req.nodes is None:
+            reqs.append({"id": req.id, "headers": req.headers, "params": params})
+        else:
+            reqs.append({"id": req.id, "headers": req.headers, "params": params,
+                         "n": req.nodes})
     return _pack_parts({"op": "predict", "reqs": reqs}, chunks, size)
 
 
@@ -80,7 +84,7 @@ def decode_predict(meta: dict, body: bytes | bytearray | memoryview) -> list[Req
         for name, ctype, length in r["params"]:
             params.append(Param(name, ctype, bytes(view[pos:pos + length])))
             pos += length
-        out.append(Request(r["id"], params, r.get("headers") or {}))
+        out.append(Request(r["id"], params, r.get("headers") or {}, r.get("n")))
     return out
 
 
