@@ -3,7 +3,8 @@
 - ``echo.mar``: ``models/echo_handler.py``;
 - ``sleep_<ms>.mar``: ``models/sleep_handler.py`` with ``delay_ms`` in its model-config.yaml;
 - ``chain<k>.war`` (k echo nodes, batch size 1), ``chain3_batched.war`` (3 echo nodes, batch
-  size 8), ``diamond.war`` (echo -> two sleep branches -> echo);
+  size 8), ``diamond.war`` (echo -> two sleep branches -> echo); ``fchain<k>[_b8].war``
+  (chains of function nodes, built on demand by :func:`build_function_wars`);
 - ``shapes.mar``: the example CNN, from ``model_store/`` when ``make examples`` made it, else
   archived with ``examples/build.py``'s own definition from the trained files under
   ``examples/image_classifier/build/`` (never trained here: that takes minutes).
@@ -110,6 +111,25 @@ def chain_spec(k: int, echo_mar: str, *, batch_size: int = 1, max_batch_delay_ms
     if k == 1:
         lines.append("  n1: []")
     return "\n".join(lines) + "\n"
+
+
+def function_chain_spec(k: int, *, batch_size: int = 1) -> str:
+    """A workflow spec: ``k`` function nodes f1 -> ... -> fk (models/workflow_handler.py)."""
+    lines = _models_header(batch_size, 5) + ["dag:"]
+    lines += [f"  f{i}: [f{i + 1}]" for i in range(1, k)] or ["  f1: []"]
+    return "\n".join(lines) + "\n"
+
+
+def build_function_wars(art: BenchArtifacts) -> dict[str, str]:
+    """The function-node chains of scenario (h) and the side-by-side run, archived into
+    ``art.store``."""
+    specs = art.store.parent / "specs"
+    wars = {f"fchain{k}": _war(art.store, f"fchain{k}", function_chain_spec(k), specs)
+            for k in (1, 3, 5)}
+    for k in (1, 3):
+        wars[f"fchain{k}_b8"] = _war(art.store, f"fchain{k}_b8",
+                                     function_chain_spec(k, batch_size=8), specs)
+    return wars
 
 
 def diamond_spec(echo_mar: str, fast_mar: str, slow_mar: str) -> str:

@@ -12,26 +12,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .artifacts import BenchArtifacts, _models_header, _war
+from .artifacts import BenchArtifacts, build_function_wars
 from .scenarios import (CHAIN_CONNECTIONS, SCENARIOS, Deployment, ScenarioResult, Unsupported,
                         _run_row, add_per_hop, deployed)
 from .servers import ServerProcess
-
-
-def function_chain_spec(k: int, *, batch_size: int = 1) -> str:
-    lines = _models_header(batch_size, 5) + ["dag:"]
-    lines += [f"  f{i}: [f{i + 1}]" for i in range(1, k)] or ["  f1: []"]
-    return "\n".join(lines) + "\n"
-
-
-def build_function_wars(art: BenchArtifacts) -> dict[str, str]:
-    specs = art.store.parent / "specs"
-    wars = {f"fchain{k}": _war(art.store, f"fchain{k}", function_chain_spec(k), specs)
-            for k in (1, 3, 5)}
-    for k in (1, 3):
-        wars[f"fchain{k}_b8"] = _war(art.store, f"fchain{k}_b8",
-                                     function_chain_spec(k, batch_size=8), specs)
-    return wars
 
 
 def scenario_function_chains(server: ServerProcess, art: BenchArtifacts, budget,

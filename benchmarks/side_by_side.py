@@ -11,6 +11,10 @@ Each server starts with one echo model and is measured in the same order:
    connections (req/s) and at 1 connection; then the 1-node chain is added and run at 1
    connection: per hop = (p50 of chain 3 - p50 of chain 1) / 2.
 
+dagserve is then also measured with chains of function nodes (``fchain1``, ``fchain3``: the
+workflow's own functions, run in one worker process and one worker call per chain, see
+benchmarks/fused_scenarios.py): memory, 32 connections, per hop, as for the chains above.
+
 The chains are dagserve workflows of echo nodes (batch size 1), Triton ensembles of
 python-backend echo models, and Ray Serve deployments composed with DeploymentHandle
 (``benchmarks/peer_drivers.py``). The Markdown section this prints is also written into
@@ -153,6 +157,19 @@ def measure_server(driver: Driver, budget: Budget, log=print) -> dict:
     res["chain1_c1"] = load(driver, "chain1", 1, budget)
     res["per_hop_p50_ms"] = round(
         (res["chain3_c1"]["p50_ms"] - res["chain1_c1"]["p50_ms"]) / 2, 4)
+    if getattr(driver, "function_chains", False):
+        driver.remove("chain3")
+        driver.remove("chain1")
+        driver.add("fchain3")
+        wait_echoed(driver, "fchain3")
+        res["memory_fchain3"] = tree_memory(driver.server.pid)
+        res["fchain3_c32"] = load(driver, "fchain3", 32, budget)
+        res["fchain3_c1"] = load(driver, "fchain3", 1, budget)
+        driver.add("fchain1")
+        wait_echoed(driver, "fchain1")
+        res["fchain1_c1"] = load(driver, "fchain1", 1, budget)
+        res["fper_hop_p50_ms"] = round(
+            (res["fchain3_c1"]["p50_ms"] - res["fchain1_c1"]["p50_ms"]) / 2, 4)
     res["load_avg_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     log(f"  {driver.name}: echo {res['echo_c32']['rps']:.0f} req/s, chain3 "
         f"{res['chain3_c32']['rps']:.0f} req/s, per hop {res['per_hop_p50_ms']:.3f} ms, PSS "
@@ -176,7 +193,8 @@ def run_one(driver: Driver, budget: Budget, log=print) -> dict:
 
 
 RUNS = {"echo_c32": "rps", "echo_c1": "p50_ms", "chain3_c32": "rps", "chain3_c1": "p50_ms",
-        "chain1_c1": "p50_ms"}
+        "chain1_c1": "p50_ms", "fchain3_c32": "rps", "fchain3_c1": "p50_ms",
+        "fchain1_c1": "p50_ms"}
 
 
 def best_of(rounds: list[dict]) -> dict:
@@ -190,10 +208,14 @@ def best_of(rounds: list[dict]) -> dict:
     best = dict(ok[0])
     for key, figure in RUNS.items():
         pick = max if figure == "rps" else min
-        best[key] = pick((r[key] for r in ok), key=lambda run: run[figure])
-    for key in ("memory_echo", "memory_chain3"):
-        best[key] = min((r[key] for r in ok), key=lambda m: m["pss_mib"])
-    best["per_hop_p50_ms"] = min(r["per_hop_p50_ms"] for r in ok)  # a difference: per round
+        if all(key in r for r in ok):  # the function chains: dagserve only
+            best[key] = pick((r[key] for r in ok), key=lambda run: run[figure])
+    for key in ("memory_echo", "memory_chain3", "memory_fchain3"):
+        if all(key in r for r in ok):
+            best[key] = min((r[key] for r in ok), key=lambda m: m["pss_mib"])
+    for key in ("per_hop_p50_ms", "fper_hop_p50_ms"):  # a difference: per round
+        if all(key in r for r in ok):
+            best[key] = min(r[key] for r in ok)
     best["first_echo_s"] = min(r["first_echo_s"] for r in ok)
     best["load_1min"] = "; ".join(f"{r['load_avg'].split(',')[0]} to "
                                   f"{r['load_avg_end'].split(',')[0]}" for r in ok)
@@ -229,14 +251,23 @@ ROWS = [
      "{:.0f}"),
     ("... RSS MiB (processes)", lambda r: (r["memory_chain3"]["rss_mib"],
                                            r["memory_chain3"]["processes"]), "{0:.0f} ({1})"),
-    ("errors (all runs)", lambda r: sum(r[k]["errors"] for k in (
-        "echo_c32", "echo_c1", "chain3_c32", "chain3_c1", "chain1_c1")), "{}"),
+    ("3-node chain of function nodes, 32 connections: req/s (dagserve)",
+     lambda r: r["fchain3_c32"]["rps"], "{:,.0f}"),
+    ("per hop between function nodes, p50 ms (dagserve)", lambda r: r["fper_hop_p50_ms"],
+     "{:.3f}"),
+    ("whole server with the 3 function nodes: PSS MiB (dagserve)",
+     lambda r: r["memory_fchain3"]["pss_mib"], "{:.0f}"),
+    ("errors (all runs)", lambda r: sum(r[k]["errors"] for k in RUNS if k in r), "{}"),
     ("process start to first echo answer, s", lambda r: r["first_echo_s"], "{:.2f}"),
     ("load average (1 min) from start to end, per round", lambda r: r["load_1min"], "{}"),
 ]
 
 
-def _cell(fmt: str, value) -> str:
+def _cell(fmt: str, get, result: dict) -> str:
+    try:
+        value = get(result)
+    except KeyError:  # a figure only dagserve has
+        return "—"
     return fmt.format(*value) if isinstance(value, tuple) else fmt.format(value)
 
 
@@ -247,6 +278,11 @@ def goals(ours: dict, triton: dict) -> list[dict]:
         met = ratio >= bound if higher_is_better else ratio <= bound
         return {"goal": name, "dagserve": a, "triton": b, "ratio": ratio, "unit": unit,
                 "bound": (">= " if higher_is_better else "<= ") + f"{bound:g}x", "met": met}
+    function_chains = [] if "fchain3_c32" not in ours else [
+        goal("3-node chain of function nodes (32 conn.) >= 1.5x Triton's ensemble",
+             ours["fchain3_c32"]["rps"], triton["chain3_c32"]["rps"], 1.5, True, "req/s"),
+        goal("per hop between function nodes (p50) <= Triton's", ours["fper_hop_p50_ms"],
+             triton["per_hop_p50_ms"], 1.0, False, "ms")]
     return [
         goal("single model (echo, 32 conn.) >= Triton's req/s", ours["echo_c32"]["rps"],
              triton["echo_c32"]["rps"], 1.0, True, "req/s"),
@@ -256,7 +292,7 @@ def goals(ours: dict, triton: dict) -> list[dict]:
              1.0, False, "ms"),
         goal("echo model's whole server within 2x Triton's PSS", ours["memory_echo"]["pss_mib"],
              triton["memory_echo"]["pss_mib"], 2.0, False, "MiB"),
-    ]
+    ] + function_chains
 
 
 def _by_process(memory: dict) -> str:
@@ -284,7 +320,7 @@ def render(results: list[dict], missing: dict[str, str], command: str, client: s
         lines += ["| | " + " | ".join(f"{r['server']} ({r['version']})" for r in ok) + " |",
                   "|---|" + "---:|" * len(ok)]
         for label, get, fmt in ROWS:
-            lines.append(f"| {label} | " + " | ".join(_cell(fmt, get(r)) for r in ok) + " |")
+            lines.append(f"| {label} | " + " | ".join(_cell(fmt, get, r) for r in ok) + " |")
         lines += ["", "PSS (MiB) by process name:", ""]
         for r in ok:
             lines.append(f"- {r['server']}: echo server: {_by_process(r['memory_echo'])}; "
