@@ -4,17 +4,18 @@ workers use torch reads the handler's own imports."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import anyio
 import requests
 
 from dagserve.engine.models import _uses_torch
-from dagserve.engine.workers.launch import imports_torch
+from dagserve.engine.tasks import TaskOwner
+from dagserve.engine.workers.launch import ForkedWorker, ForkServerLauncher, imports_torch
+from dagserve.engine.workers.settings import WorkerSettings
 from server_utils import ECHO_HANDLER, build_mar, start_server
 from test_fork_server import TORCH_HANDLER, _comm, _ppid, _worker_pids
-
-MIB = 1024 * 1024
-
 
 def _maps(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
@@ -86,3 +87,35 @@ def test_the_torch_hint_reads_the_handler_imports(tmp_path):
     assert _uses_torch(tmp_path, {"model": {"serializedFile": "m.pt"}}, "handler_6.py")
     assert _uses_torch(tmp_path, {}, "image_classifier")
     assert _uses_torch(tmp_path, {}, "missing.py")
+
+
+def test_a_torch_free_worker_does_not_queue_behind_the_torch_import(tmp_path):
+    """Workers here have no frontend to connect to and exit at once: only who started them
+    (the fork server: a ForkedWorker, or a fresh interpreter) is checked."""
+    settings = WorkerSettings(socket=str(tmp_path / "nobody.sock"), model_dir=str(tmp_path),
+                              model_name="m", handler="handler.py")
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as group:
+            tasks = TaskOwner(group)
+            launcher = ForkServerLauncher(tasks, None)
+
+            def launch(uses_torch: bool):
+                return launcher.launch(settings, cwd=tmp_path, log_file=None,
+                                       uses_torch=uses_torch)
+
+            first = await launch(False)
+            assert isinstance(first, ForkedWorker) and not launcher.torch_loaded
+            torch_fork = asyncio.ensure_future(launch(True))
+            await asyncio.sleep(0)  # its request is on its way: the fork server imports torch
+            meanwhile = await launch(False)
+            assert not isinstance(meanwhile, ForkedWorker)  # started on its own at once
+            torch_worker = await asyncio.wait_for(torch_fork, 120)
+            assert isinstance(torch_worker, ForkedWorker) and launcher.torch_loaded
+            later = await launch(False)  # torch is there now: nothing to wait for
+            assert isinstance(later, ForkedWorker)
+            for handle in (first, meanwhile, torch_worker, later):
+                assert await asyncio.wait_for(handle.wait(), 60) != 0
+            await asyncio.wait_for(tasks.close(), 30)
+
+    asyncio.run(scenario())
