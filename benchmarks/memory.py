@@ -1,8 +1,9 @@
 """Memory per worker, with and without the fork server, and start-up to first inference.
 
 ``python -m benchmarks.memory`` starts dagserve twice (``worker_fork_server=true`` and
-``false``), each time with the example CNN at 1 then 3 workers, the echo model and a 3-node
-echo workflow, and reads every process's RSS, PSS and USS (private pages) from
+``false``), each time with the echo model alone (the whole server's memory is read once it
+settles: the goal of issue 16 is its PSS within 2x Triton's), then the example CNN at 1 then
+3 workers and a 3-node echo workflow, and reads every process's RSS, PSS and USS (private pages) from
 ``/proc/<pid>/smaps_rollup``. PSS splits shared pages between the processes sharing them;
 USS is what a process alone costs, i.e. what one more worker adds. Prints a Markdown table
 and writes ``benchmarks/out/memory.json``.
@@ -84,6 +85,26 @@ def _total(items: list[tuple[int, Memory]]) -> Memory:
                   sum(m.uss for _, m in items))
 
 
+def settled_tree(server_pid: int,
+                 timeout_s: float = 20.0) -> dict[str, list[tuple[int, Memory]]]:
+    """The server's processes by role once its PSS stops moving (two reads 0.5 s apart
+    within 1 MiB: nothing is still importing in the background)."""
+    deadline = time.perf_counter() + timeout_s
+    roles = classify(server_pid)
+    while time.perf_counter() < deadline:
+        time.sleep(0.5)
+        again = classify(server_pid)
+        before, after = (_total([x for r in t.values() for x in r]).pss for t in (roles, again))
+        roles = again
+        if abs(after - before) < 1.0:
+            break
+    return roles
+
+
+def _by_role(roles: dict[str, list[tuple[int, Memory]]]) -> dict:
+    return {role: asdict(_total(items)) for role, items in roles.items() if items}
+
+
 def worker_pids(server: ServerProcess, model: str) -> list[int]:
     reply = server._manage("GET", f"/models/{urllib.parse.quote(model)}", "describe")
     return [w["pid"] for w in json.loads(reply.body)[0]["workers"]]
@@ -102,6 +123,7 @@ def run_mode(fork_server: bool, work: Path) -> dict:
     server.start()
     try:
         startup = server.wait_first_inference("/predictions/echo", b"x" * 1024)
+        echo_roles = settled_tree(server.pid)
         server.register_model("shapes", art.cnn.mar.name, batch_size=1, max_batch_delay_ms=5,
                               workers=1)
         image = sample_image()
@@ -120,6 +142,8 @@ def run_mode(fork_server: bool, work: Path) -> dict:
         return {
             "fork_server": fork_server,
             "startup_to_first_inference_s": round(startup, 3),
+            "echo_server": asdict(_total([x for r in echo_roles.values() for x in r])),
+            "echo_server_by_role": _by_role(echo_roles),
             "cnn_first_worker": asdict(next(iter(one.values()))),
             "cnn_extra_workers": [asdict(m) for m in extra],
             "frontend": asdict(_total(roles["frontend"])),
@@ -139,13 +163,17 @@ def table(results: list[dict]) -> str:
     rows = ["| MiB (RSS / PSS / USS) | " + " | ".join(
         "fork server" if r["fork_server"] else "one interpreter per worker" for r in results)
         + " |", "|---|" + "---|" * len(results)]
+    rows.append("| whole server with the echo model only | " + " | ".join(
+        cell(r["echo_server"]) + " (PSS: " + ", ".join(
+            f"{role} {m['pss']:.0f}" for role, m in r["echo_server_by_role"].items()) + ")"
+        for r in results) + " |")
     rows.append("| CNN worker, the first | " + " | ".join(cell(r["cnn_first_worker"])
                                                          for r in results) + " |")
     rows.append("| CNN worker, each extra (mean) | " + " | ".join(
         cell({k: sum(m[k] for m in r["cnn_extra_workers"]) / max(1, len(r["cnn_extra_workers"]))
               for k in ("rss", "pss", "uss")}) for r in results) + " |")
-    rows.append("| fork server process | " + " | ".join(cell(r["fork_server_process"])
-                                                       for r in results) + " |")
+    rows.append("| fork server process | " + " | ".join(
+        cell(r["fork_server_process"]) if r["fork_server"] else "-" for r in results) + " |")
     rows.append("| frontend | " + " | ".join(cell(r["frontend"]) for r in results) + " |")
     rows.append("| whole server: frontend + echo + 3 CNN + 3-node chain | " + " | ".join(
         cell(r["whole_server"]) + f" ({r['workers']} workers)" for r in results) + " |")

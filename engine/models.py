@@ -76,16 +76,18 @@ async def install_requirements(model_dir: Path, requirements: str) -> None:
 
 
 def _uses_torch(model_dir: Path, manifest: dict, handler: str) -> bool:
-    """Whether a worker will import torch (then the fork server, which imports it, is worth
-    waiting for): it loads a serialized model, a built-in handler, or a handler file that
-    mentions torch."""
+    """Whether a worker will import torch (then the fork server imports torch before forking
+    it, once): it loads a serialized model, a built-in handler, or a handler file that
+    imports torch."""
+    from .workers.launch import imports_torch
+
     if (manifest.get("model") or {}).get("serializedFile"):
         return True
     try:
         name = parse_handler(handler)
         if name.module in BUILTIN_HANDLERS:
             return True
-        return b"torch" in (model_dir / name.file_name).read_bytes()
+        return imports_torch(model_dir / name.file_name)
     except (ValueError, OSError):
         return True
 

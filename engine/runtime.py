@@ -79,7 +79,7 @@ class Runtime:
             metrics = MetricsCollector(registry, log=logs.metrics)
             snapshots = SnapshotManager(cfg, registry) if cfg.snapshots else None
             # blacklist_env_vars: the fork server and every worker start without them; on
-            # Ray no worker is a local process: no fork server importing torch for nothing
+            # Ray no worker is a local process: no fork server
             env = worker_environment(os.environ, cfg.blacklist_env_vars)
             launcher = ForkServerLauncher(tasks, logs.model.file, env=env) \
                 if cfg.worker_fork_server and ray is None else SubprocessLauncher(env)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -26,6 +27,17 @@ log = logging.getLogger("dagserve.workers")
 WORKER_MODULE = "dagserve.engine.workers.main"
 ZYGOTE_MODULE = "dagserve.engine.workers.zygote"
 _POLL_S = 0.1
+# ``import torch``, ``from torch.nn import ...``, ``import os, torchvision as tv``: a line of
+# its own (indented ones too) that imports torch or a torch* package (which imports torch)
+_IMPORTS_TORCH = re.compile(
+    rb"^[ \t]*(?:from[ \t]+torch\w*\b|import[ \t]+(?:[\w.]+(?:[ \t]+as[ \t]+\w+)?[ \t]*,[ \t]*)*"
+    rb"torch\w*\b)", re.MULTILINE)
+
+
+def imports_torch(source: Path) -> bool:
+    """Whether a handler's source file imports torch itself (a hint for the launcher: a
+    module it imports that imports torch is not seen). Raises OSError if unreadable."""
+    return _IMPORTS_TORCH.search(source.read_bytes()) is not None
 
 
 class WorkerHandle(Protocol):
@@ -113,25 +125,27 @@ class ForkServerLauncher:
         self._pending: dict[int, asyncio.Future[ForkedWorker]] = {}
         self._workers: dict[int, ForkedWorker] = {}
         self._next_id = 0
+        self._torch_forks = 0  # forks asked for with "torch": true, not answered yet
         self.pid: int | None = None
         self.alive = False
+        self.torch_loaded = False  # whether the fork server has imported torch
 
     def start(self) -> None:
-        """Start the fork server in the background (it imports torch: seconds)."""
+        """Start the fork server in the background (it is ready in a fraction of a second;
+        torch is imported there later, for the first worker that uses it)."""
         if self._ready is None:
             self._ready = asyncio.get_running_loop().create_future()
             self._tasks.spawn(self._run, name="the worker fork server")
 
     async def launch(self, settings: WorkerSettings, *, cwd: Path, log_file: TextIO | None,
                      env: dict[str, str] | None = None, uses_torch: bool = True) -> WorkerHandle:
-        """Fork the worker. While the fork server is still importing torch, a worker that
-        will not need torch (``uses_torch`` false: no serialized model, a custom handler)
-        starts on its own at once instead of waiting for it."""
+        """Fork the worker; ``uses_torch`` has the fork server import torch first (once). A
+        worker that will not need torch does not queue behind that import (seconds): while
+        it runs, such a worker starts on its own at once instead."""
         self.start()
         assert self._ready is not None
-        if not self._ready.done() and not uses_torch:
-            return await self._fallback.launch(settings, cwd=cwd, log_file=log_file, env=env)
-        if not await asyncio.shield(self._ready) or not self.alive or self._writer is None:
+        if not await asyncio.shield(self._ready) or not self.alive or self._writer is None \
+                or (not uses_torch and self._torch_forks and not self.torch_loaded):
             return await self._fallback.launch(settings, cwd=cwd, log_file=log_file, env=env)
         self._next_id += 1
         request_id = self._next_id
@@ -140,7 +154,8 @@ class ForkServerLauncher:
         log_path = getattr(log_file, "name", None) if log_file is not None else None
         message = {"op": "fork", "id": request_id, "settings": settings.to_json(),
                    "cwd": str(cwd), "log": log_path if isinstance(log_path, str) else None,
-                   "env": env or {}}
+                   "env": env or {}, "torch": uses_torch}
+        self._torch_forks += uses_torch
         try:
             self._writer.write(json.dumps(message).encode() + b"\n")
             return await reply
@@ -148,6 +163,7 @@ class ForkServerLauncher:
             log.warning("fork server failed (%s); starting the worker on its own", exc)
             return await self._fallback.launch(settings, cwd=cwd, log_file=log_file, env=env)
         finally:
+            self._torch_forks -= uses_torch
             self._pending.pop(request_id, None)
 
     async def _run(self) -> None:
@@ -185,6 +201,7 @@ class ForkServerLauncher:
         while line := await reader.readline():
             message = json.loads(line)
             op = message.get("op")
+            self.torch_loaded = bool(message.get("torch", self.torch_loaded))
             if op == "ready":
                 self.alive = True
                 self._ready.set_result(True)

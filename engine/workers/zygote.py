@@ -1,17 +1,25 @@
 """The fork server: ``python -P -m dagserve.engine.workers.zygote --fd N``.
 
-Started once per server, it imports what every worker needs (torch, Pillow and dagserve's
-handler SDK), moves those objects out of the garbage collector's view, and then forks a
-worker on each request of the frontend. A forked worker shares those pages with the fork
+Started once per server, it imports what every worker needs (dagserve's worker and handler
+SDK and Pillow: ~11 MiB, under 0.1 s), moves those objects out of the garbage collector's view,
+and then forks a worker on each request of the frontend. torch is imported (and frozen the
+same way) the first time a worker that uses it is asked for (``"torch": true``), so a server
+whose models need no torch never loads it. A forked worker shares those pages with the fork
 server and every other worker (copy-on-write) instead of importing torch on its own: that is
 most of a small model's worker (about 230 MiB each when every worker imported torch itself).
 PyTorch's own DataLoader forks after importing torch in the same way.
 
+Importing torch later is as safe as at start: the fork server is single-threaded and never
+initialises CUDA. (numpy's OpenBLAS, which torch imports, starts a thread pool, but its
+fork handler stops that pool before every fork and the fork server makes no BLAS call to
+restart it.)
+
 The frontend talks over the connected socket ``N`` (a socketpair end), one JSON object per
 line:
 
-``{"op": "fork", "id": n, "settings": "<WorkerSettings JSON>", "cwd", "log", "env"}``
-    -> ``{"op": "forked", "id": n, "pid": p}`` or ``{"op": "error", "id": n, "message"}``
+``{"op": "fork", "id": n, "settings": "<WorkerSettings JSON>", "cwd", "log", "env", "torch"}``
+    -> ``{"op": "forked", "id": n, "pid": p, "torch": loaded}`` or
+    ``{"op": "error", "id": n, "message"}``
 ``{"op": "exit", "pid": p, "code": c}``  (fork server -> frontend) when a worker ends.
 
 It sends ``{"op": "ready"}`` once loaded. When the frontend closes the socket the fork server
@@ -30,15 +38,15 @@ import socket
 import sys
 import traceback
 
-PRELOAD = ("torch", "PIL.Image", "dagserve.engine.workers.main",
-           "dagserve.engine.handler.service", "dagserve.engine.handler.base_handler",
-           "dagserve.engine.handler.vision_handler")
+PRELOAD = ("PIL.Image", "dagserve.engine.workers.main", "dagserve.engine.handler.service")
+TORCH_PRELOAD = ("torch", "dagserve.engine.handler.base_handler",
+                 "dagserve.engine.handler.vision_handler")
 
 
-def _preload() -> None:
+def _preload(names: tuple[str, ...]) -> None:
     import importlib
 
-    for name in PRELOAD:
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError as exc:  # an optional part is missing: workers import it later
@@ -55,6 +63,7 @@ class ForkServer:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self._buffer = b""
+        self.torch_tried = False
 
     def send(self, message: dict) -> None:
         self.ctrl.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
@@ -64,7 +73,7 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.selector.register(self.ctrl, selectors.EVENT_READ, "ctrl")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "child")
-        self.send({"op": "ready", "pid": os.getpid()})
+        self.send({"op": "ready", "pid": os.getpid(), "torch": _torch_loaded()})
         while True:
             for key, _ in self.selector.select():
                 if key.data == "child":
@@ -98,12 +107,16 @@ class ForkServer:
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             request = json.loads(line)
+            if request.get("torch") and not self.torch_tried:
+                self.torch_tried = True  # once: a missing torch is the worker's error to tell
+                _preload(TORCH_PRELOAD)
             try:
                 pid = self._fork(request)
             except OSError as exc:
                 self.send({"op": "error", "id": request.get("id"), "message": str(exc)})
             else:
-                self.send({"op": "forked", "id": request.get("id"), "pid": pid})
+                self.send({"op": "forked", "id": request.get("id"), "pid": pid,
+                           "torch": _torch_loaded()})
         return True
 
     def _fork(self, request: dict) -> int:
@@ -150,6 +163,10 @@ class ForkServer:
         return worker_main.main(["--settings", request["settings"]])
 
 
+def _torch_loaded() -> bool:
+    return "torch" in sys.modules
+
+
 def _name_process(name: str) -> None:
     """What ``ps -o comm`` and ``top`` show (the command line stays the fork server's)."""
     try:
@@ -174,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the connected control socket")
     args = parser.parse_args(argv)
     ctrl = socket.socket(fileno=args.fd)
-    _preload()
+    _preload(PRELOAD)
     try:
         return ForkServer(ctrl).run()
     except (BrokenPipeError, ConnectionResetError):
