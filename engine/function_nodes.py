@@ -15,8 +15,9 @@ child of a node, whose only parent that node is, in the same group (see ``schedu
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .messages import Request
 from .registry import ModelStats, ModelVersion
@@ -28,14 +29,18 @@ def settings_key(settings: Any) -> tuple:
             max(settings.max_workers, settings.min_workers, 1))
 
 
-def function_groups(compiled: Any, nodes: list[str]) -> list[list[str]]:
+def function_groups(compiled: Any, nodes: list[str],
+                    own_config: Callable[[str], Any] = lambda node: None) -> list[list[str]]:
     """The function nodes among ``nodes`` (in order) grouped by their settings; a group of
-    one node keeps a worker of its own, as before."""
+    one node keeps a worker of its own, as before. ``own_config(node)``: what else sets up
+    the node's model (its entry in config.properties' ``models``: batch size, workers, Ray
+    placement), which must be the same too."""
     groups: dict[tuple, list[str]] = {}
     for node in nodes:
         if compiled.graph.nodes[node]["kind"] == "function":
-            groups.setdefault(settings_key(compiled.graph.nodes[node]["settings"]),
-                              []).append(node)
+            key = (settings_key(compiled.graph.nodes[node]["settings"]),
+                   json.dumps(own_config(node), sort_keys=True, default=str))
+            groups.setdefault(key, []).append(node)
     return [group for group in groups.values() if len(group) > 1]
 
 

@@ -104,7 +104,8 @@ class WorkflowManager:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
         groups = function_groups(compiled, [n for n in compiled.topo_order
-                                            if n not in compiled.shared])
+                                            if n not in compiled.shared],
+                                 self._own_config(name))
         plan = Plan.from_compiled(compiled, fusable(compiled, groups))
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
                               node_models=nodes, plan=plan, version=version, shared=shared,
@@ -141,7 +142,7 @@ class WorkflowManager:
         started: dict[str, ModelVersion] = {}
         module = Path(handler_file_name(handler)).stem
         owned = [n for n in compiled.topo_order if n not in compiled.shared]
-        groups = function_groups(compiled, owned)
+        groups = function_groups(compiled, owned, self._own_config(name))
         grouped = {node: group for group in groups for node in group}
 
         async def start(node: str) -> None:
@@ -185,6 +186,10 @@ class WorkflowManager:
             raise InternalServerError(f"Workflow {name} has failed to register. "
                                       f"Failures: {reasons}")
         return started
+
+    def _own_config(self, workflow: str):
+        """A node model's own entry in config.properties' ``models`` (function_nodes.py)."""
+        return lambda node: (self.cfg.models or {}).get(node_model_name(workflow, node))
 
     async def unregister(self, name: str, version: str | None = None) -> None:
         """One version, or (without ``version``) every version of the workflow."""

@@ -167,6 +167,9 @@ def test_groups_follow_settings_and_fusion_follows_the_shape():
     plan = Plan.from_compiled(compiled, fused)
     assert [n.name for n in plan.nodes["a"].fused] == ["b"]
     assert plan.nodes["c"].fused == () and plan.nodes["m"].fused == ()
+    # a node model with its own config.properties entry (e.g. a Ray placement) differs too
+    own = {"b": {"1.0": {"ray": {"num_cpus": 1}}}}
+    assert function_groups(compiled, compiled.topo_order, own.get) == [["a", "c", "d"]]
 
 
 # -- the real server ----------------------------------------------------------------------
