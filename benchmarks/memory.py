@@ -3,8 +3,9 @@
 ``python -m benchmarks.memory`` starts dagserve twice (``worker_fork_server=true`` and
 ``false``), each time with the echo model alone (the whole server's memory is read once it
 settles: the goal of issue 16 is its PSS within 2x Triton's), then the example CNN at 1 then
-3 workers and a 3-node echo workflow, and reads every process's RSS, PSS and USS (private pages) from
-``/proc/<pid>/smaps_rollup``. PSS splits shared pages between the processes sharing them;
+3 workers and a 3-node echo workflow, then each example workflow that ``make examples``
+built (``wf_store/*.war`` with the ``.mar`` files of ``model_store/``) in turn, and reads every
+process's RSS, PSS and USS (private pages) from ``/proc/<pid>/smaps_rollup``. PSS splits shared pages between the processes sharing them;
 USS is what a process alone costs, i.e. what one more worker adds. Prints a Markdown table
 and writes ``benchmarks/out/memory.json``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
@@ -23,6 +25,7 @@ from .procstats import process_tree
 from .servers import Ports, ServerProcess, dagserve_command, free_ports, write_config
 
 OUT = Path(__file__).resolve().parent / "out"
+REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 
 
@@ -110,8 +113,44 @@ def worker_pids(server: ServerProcess, model: str) -> list[int]:
     return [w["pid"] for w in json.loads(reply.body)[0]["workers"]]
 
 
+def example_wars(store: Path, models: Path = REPO / "model_store",
+                 workflows: Path = REPO / "wf_store") -> list[str]:
+    """The example workflows ``make examples`` built, copied into ``store`` with the models
+    they name; [] when they were not built."""
+    for mar in models.glob("*.mar"):
+        if not (store / mar.name).exists():
+            shutil.copy2(mar, store / mar.name)
+    wars = sorted(workflows.glob("*.war"))
+    for war in wars:
+        shutil.copy2(war, store / war.name)
+    return [war.name for war in wars]
+
+
+def measure_examples(server: ServerProcess, wars: list[str]) -> list[dict]:
+    """Register each example workflow in turn: the workers it adds and what the whole
+    server's RSS and PSS grow by (the tree read once it settles)."""
+    out = []
+    for war in wars:
+        before = settled_tree(server.pid)
+        name = "ex_" + war[:-len(".war")]
+        reply = server.register_workflow(war, name)
+        if reply.status != 200:
+            out.append({"workflow": war, "error": reply.message()[:200]})
+            continue
+        after = settled_tree(server.pid)
+        grown = {k: getattr(_total([x for r in after.values() for x in r]), k)
+                 - getattr(_total([x for r in before.values() for x in r]), k)
+                 for k in ("rss", "pss", "uss")}
+        nodes = json.loads(server._manage("GET", f"/workflows/{name}", "describe").body)[0]
+        out.append({"workflow": war, "nodes": len(nodes["nodes"]),
+                    "workers_added": len(after["workers"]) - len(before["workers"]),
+                    **{f"{k}_added": round(v, 1) for k, v in grown.items()}})
+    return out
+
+
 def run_mode(fork_server: bool, work: Path) -> dict:
     art = build_artifacts(work / "artifacts")
+    wars = example_wars(art.store)
     if art.cnn is None:
         raise SystemExit(f"the example CNN is needed: {art.cnn_skip_reason}")
     ports = Ports(*free_ports(3))
@@ -139,7 +178,9 @@ def run_mode(fork_server: bool, work: Path) -> dict:
             raise SystemExit(f"chain3: {reply.message()}")
         server.wait_first_inference("/wfpredict/chain3", b"x" * 1024)
         roles = classify(server.pid)
+        examples = measure_examples(server, wars)
         return {
+            "examples": examples,
             "fork_server": fork_server,
             "startup_to_first_inference_s": round(startup, 3),
             "echo_server": asdict(_total([x for r in echo_roles.values() for x in r])),
@@ -179,7 +220,19 @@ def table(results: list[dict]) -> str:
         cell(r["whole_server"]) + f" ({r['workers']} workers)" for r in results) + " |")
     rows.append("| start to first inference (echo), s | " + " | ".join(
         f"{r['startup_to_first_inference_s']:.2f}" for r in results) + " |")
+    for i, example in enumerate(results[0].get("examples", [])):
+        rows.append(f"| + example workflow `{example['workflow']}`: workers added, RSS / PSS "
+                    f"/ USS added | " + " | ".join(_example_cell(r["examples"][i])
+                                                   for r in results) + " |")
     return "\n".join(rows)
+
+
+def _example_cell(example: dict) -> str:
+    if "error" in example:
+        return f"not registered: {example['error']}"
+    return (f"{example['workers_added']} workers for {example['nodes']} nodes, "
+            f"{example['rss_added']:.0f} / {example['pss_added']:.0f} / "
+            f"{example['uss_added']:.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:

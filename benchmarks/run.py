@@ -26,6 +26,11 @@ from .artifacts import BenchArtifacts, build_artifacts
 from .machine import machine_info
 from .peer import DEFAULT_VENV, PeerError, TorchServeInstall, ensure_torchserve, torchserve_env
 from .profile import ProfileError, find_py_spy, start_record
+# sections written by hand from other benchmarks' runs, kept when this run rewrites the file
+MEMORY_START = "<!-- memory: written by hand from python -m benchmarks.memory -->"
+MEMORY_END = "<!-- memory: end -->"
+TRACING_START = "<!-- tracing: written by hand from python -m benchmarks.tracing_overhead -->"
+TRACING_END = "<!-- tracing: end -->"
 from .protocols import SECTION_END as PROTOCOLS_END
 from .protocols import SECTION_START as PROTOCOLS_START
 from .protocols import kept_section
@@ -257,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                    servers=infos, duration_s=time.perf_counter() - started, notes=notes)
     text = render_results(info, results, checks, args.scenario_keys, py_spy_note)
     kept = "".join(kept_section(args.results, start=start, end=end) for start, end in (
-        (PROTOCOLS_START, PROTOCOLS_END), (PEERS_START, PEERS_END),
+        (MEMORY_START, MEMORY_END), (PROTOCOLS_START, PROTOCOLS_END),
+        (TRACING_START, TRACING_END), (PEERS_START, PEERS_END),
         (ANALYSIS_START, ANALYSIS_END)))  # other runs' sections
     args.results.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text,
                             encoding="utf-8")

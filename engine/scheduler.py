@@ -165,7 +165,12 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
     streams is collected into one response, unless ``may_stream`` (it is the response
     node): then its stream is returned as it is produced. ``item``: which of a foreach
     node's items this is. When the request is traced (``tracing.current``), each attempt is
-    recorded as a ``tracing.Attempt``."""
+    recorded as a ``tracing.Attempt``.
+
+    ``fused``: the nodes after this one that run in the same worker call (``targets`` holds
+    theirs); the answer is the last one's, or, when one of them failed, that failure (with
+    its trail: ``run_segment`` retries from there). ``first_attempt``: attempts already
+    spent on this node."""
     loop = asyncio.get_running_loop()
     trace = tracing.current.get()
     last = "no attempt made"

@@ -176,3 +176,36 @@ def test_client_error_of_a_node_is_not_retried_and_keeps_its_status():
         run(p, {n: Target(q) for n, q in qs.items()})
     assert info.value.status == 400
     assert len(qs["b"].calls) == 1
+
+
+def test_a_chain_cancelled_from_outside_abandons_its_running_node_and_stops():
+    p = plan({"a": ["b"], "b": ["c"]}, retries=1)
+    qs = {"a": FakeQueue(tag("a")), "b": FakeQueue(tag("b"), delay=1.0),
+          "c": FakeQueue(tag("c"))}
+    targets = {n: Target(q) for n, q in qs.items()}
+
+    async def go():
+        request = Request("r", [Param("body", None, b"x")], {})
+        task = asyncio.ensure_future(run_plan(p, targets, request))
+        await asyncio.sleep(0.1)  # a answered, b is running
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(1.1)  # b's late answer finds a cancelled future
+
+    asyncio.run(go())
+    [abandoned] = targets["b"].pool.abandoned
+    assert abandoned.cancelled() and qs["b"].cancelled == 1
+    assert qs["c"].calls == []  # nothing ran after the cancellation
+    assert targets["a"].stats.status_2xx == 1 and targets["b"].stats.requests == 0
+
+
+def test_a_chain_counts_every_attempt_of_every_node():
+    p = plan({"a": ["b"], "b": ["c"]}, retries=2)
+    qs = {"a": FakeQueue(tag("a")), "b": FakeQueue(tag("b"), failures=1),
+          "c": FakeQueue(tag("c"))}
+    targets = {n: Target(q) for n, q in qs.items()}
+    assert run(p, targets).value == b"in>a>b>c"
+    b = targets["b"].stats
+    assert (b.requests, b.status_5xx, b.status_2xx, b.retried) == (2, 1, 1, 1)
+    assert targets["c"].stats.status_2xx == 1
