@@ -78,6 +78,10 @@ class RayServeServer(ServerProcess):
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
         env.pop("PYTHONPATH", None)
         env.pop("RAY_ADDRESS", None)  # never join a cluster someone else started
+        # Ray keeps state under ~/.ray (an auth token, once made, turns token checks on for
+        # every later Ray on the machine, the test suite's cluster included): its own HOME
+        env["HOME"] = str(cwd / "home")
+        (cwd / "home").mkdir(parents=True, exist_ok=True)
         super().__init__("Ray Serve", rayserve_command(install, port), cwd,
                          Ports(port, port, port), env=env)
 

@@ -100,9 +100,19 @@ class LocalRayCluster:
         """The GCS address a frontend gives as ``ray_address``."""
         return f"{self.nodes['a'].ip}:{self.gcs_port}" if self.nodes else ""
 
+    @property
+    def home(self) -> Path:
+        """The HOME of the cluster's processes, and of the frontends that join it: a stray
+        ``~/.ray/auth_token`` (another Ray on this machine made one) turns token checks on
+        for some processes and not others, and the second node cannot join."""
+        home = self.workdir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TS_"))}
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["HOME"] = str(self.home)
         tmp = self.workdir / "tmp"  # where the actors unpack their models
         tmp.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmp)

@@ -129,6 +129,7 @@ def frontends(cluster, tmp_path_factory):
         for n in range(2):
             servers.append(start_server(tmp_path_factory.mktemp(f"frontend{n}"),
                                         model_store=store, config=config, timeout=240,
+                                        env={"HOME": str(cluster.home)},
                                         args=["--disable-token-auth", "--enable-model-api",
                                               "--ncs"]))
         yield servers
