@@ -69,6 +69,15 @@ HANDLER = textwrap.dedent('''
         raise PredictionException("refused this input", 422)
 
 
+    def chunky(data, context):
+        if data is None:
+            return None
+        from ts.handler_utils.utils import send_intermediate_predict_response
+        send_intermediate_predict_response([f"part({_text(row)})" for row in data],
+                                           context.request_ids, "Intermediate", 200, context)
+        return [f"end({_text(row)})" for row in data]
+
+
     def sleepy(data, context):
         if data is None:
             return None
@@ -83,7 +92,7 @@ def group(tmp_path):
     from dagserve.engine.handler import ts_alias
 
     ts_alias.install()
-    nodes = ("tag_a", "tag_b", "tag_c", "flaky_mid", "refuse", "sleepy")
+    nodes = ("tag_a", "tag_b", "tag_c", "flaky_mid", "refuse", "sleepy", "chunky")
     return load_service(ServiceConfig(tmp_path, "wf__tag_a", "fg_handler:tag_a",
                                       functions={n: f"wf__{n}" for n in nodes}))
 
@@ -130,6 +139,19 @@ def test_each_node_keeps_its_own_time_limit(group):
     assert resp.message == "timed out after 200 ms"
     assert resp.trail[0::3] == [200, 504]
     assert resp.trail[4] < 2  # interrupted, not slept through
+
+
+def test_a_streaming_node_streams_when_last_and_is_collected_when_not(group):
+    sent = []
+    group.context.intermediate_sender = sent.extend  # what the worker's serve loop sets
+    [resp], _ = group.predict([_req("r1", b"x", "chunky,tag_c")])
+    assert resp.value.decode() == "c:wf__tag_c:1(part(x)end(x))" and sent == []
+    [resp], _ = group.predict([_req("r2", b"y", "tag_a,chunky")])  # last: to the client
+    assert [r.value for r in sent] == [f"part(a[{os.getpid()}](y))".encode()]
+    assert resp.value.decode() == f"end(a[{os.getpid()}](y))"
+    sent.clear()
+    [resp], _ = group.predict([_req("r3", b"z", "chunky")])
+    assert [r.value for r in sent] == [b"part(z)"]
 
 
 def test_unknown_node_is_an_error_for_that_request_only(group):

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import signal
 import time
+from types import SimpleNamespace
 from typing import Callable
 
 from ..messages import Param, Request, Response
-from .context import Context
 from .service import Service
 
 
@@ -88,9 +88,10 @@ class FunctionGroupService:
         self.services = services
         self.first = next(iter(services))  # a request that names no node (never sent)
         self._timer = _NodeTimer()
-        # The worker's serve loop sets ``context.intermediate_sender`` on this one context;
-        # each node's own context gets it before the node runs.
-        self.context: Context = next(iter(services.values())).context
+        # The worker's serve loop sets ``context.intermediate_sender`` here (not on a node's
+        # context: a node that is not last in a call gets a collector instead); each node's
+        # own context gets the sender, or a collector, before it runs.
+        self.context = SimpleNamespace(intermediate_sender=None)
 
     def predict(self, requests: list[Request]) -> tuple[list[Response], list[dict]]:
         segments: dict[str, list[int]] = {}
