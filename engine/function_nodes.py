@@ -56,8 +56,8 @@ class NodeQueue:
 
     def submit(self, request: Request, probe: Any = None, nodes: str | None = None):
         """``nodes``: several nodes of the group run in this one call (``a,b,c``)."""
-        return self.shared.submit(Request(request.id, request.params, request.headers,
-                                          nodes or self.node), probe)
+        request.nodes = nodes or self.node  # a request object is made for one submission
+        return self.shared.submit(request, probe)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.shared, name)

@@ -23,22 +23,23 @@ def outcome_of(resp: Response) -> str:
 
 def account_fused(resp: Response, head_target: Any, fused: tuple, targets: dict | None,
                   elapsed_s: float, probe: Any, trace: Any) -> None:
-    """Record what ``resp.trail`` (code, seconds, bytes out per node) says: the call's first
+    """Record what ``resp.trail`` (code, microseconds, bytes out per node) says: the call's first
     node ran, then ``fused`` in order, as far as the trail goes."""
     trail = resp.trail or ()
-    others = sum(trail[4::3])
+    others = sum(trail[4::3]) / 1e6
     head_target.stats.count(trail[0], max(0.0, elapsed_s - others))
     if targets is not None:
-        for node, code, seconds in zip(fused, trail[3::3], trail[4::3]):
-            targets[node.name].stats.count(code, seconds)
+        for node, code, micros in zip(fused, trail[3::3], trail[4::3]):
+            targets[node.name].stats.count(code, micros / 1e6)
     if trace is None:
         return
     if probe is not None:
-        probe.finish("ok", trail[0], "", trail[2], trail[1])
+        probe.finish("ok", trail[0], "", trail[2], trail[1] / 1e6)
     start = time.perf_counter() - others
     previous_out = trail[2]
     for index, node in enumerate(fused[:len(trail) // 3 - 1], 1):
-        code, seconds, bytes_out = trail[3 * index:3 * index + 3]
+        code, micros, bytes_out = trail[3 * index:3 * index + 3]
+        seconds = micros / 1e6
         target = targets[node.name] if targets else None
         attempt = trace.attempt(node.name, target, 1, (), getattr(probe, "item", None))
         attempt.bytes_in = previous_out

@@ -41,6 +41,6 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
     handler_s: float | None = None  # the worker's time for the batch it came in (traces)
-    # function nodes run in one worker call: code, seconds, bytes out for each node that ran,
-    # in order, as one flat list (handler/function_group.py)
+    # function nodes run in one worker call: code, microseconds, bytes out for each node
+    # that ran, in order, as one flat list (handler/function_group.py)
     trail: list | None = None

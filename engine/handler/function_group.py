@@ -11,7 +11,9 @@ seconds): consecutive nodes of a chain (each the only child of the one before) r
 call, each getting the previous node's output as ``body``, as the scheduler would pass it,
 but without a round trip through the frontend per node. Each node's time limit is kept here
 (a timer signal interrupts the handler, as the frontend's interrupt would), so a node that
-runs too long fails as timed out under its own name. The answer then carries a trail, ``code, seconds, bytes out`` for each node that ran (one flat list),
+runs too long fails as timed out under its own name. The answer then carries a trail,
+``code, microseconds, bytes out`` for each node that ran (one flat list of integers: cheap
+to encode and decode in every answer),
 which the frontend turns into each node's metrics and trace. A node that fails ends the
 request's run there: its error is the answer, and when it was not the first node the answer's
 body is that node's input, so the frontend can retry the node (and the rest) with it.
@@ -129,14 +131,14 @@ class FunctionGroupService:
                 _collector(streamed)
             started = time.perf_counter()
             responses, node_metrics = self._predict(service, inputs, limit_s)
-            seconds = round(time.perf_counter() - started, 6)
+            micros = int((time.perf_counter() - started) * 1e6)
             metrics.extend(node_metrics)
             going: list[int] = []
             next_inputs: list[Request] = []
             for index, req, resp in zip(live, inputs, responses):
                 if streamed and resp.code < 400 and req.id in streamed:
                     resp.value = b"".join(streamed[req.id]) + resp.value  # as collected
-                trails[index] += (resp.code, seconds, len(resp.value))
+                trails[index] += (resp.code, micros, len(resp.value))
                 if resp.code >= 400 or pos == last:
                     if resp.code >= 400 and pos > 0:
                         resp.value = req.params[0].value  # the failed node's input
