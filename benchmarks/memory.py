@@ -88,6 +88,11 @@ def _total(items: list[tuple[int, Memory]]) -> Memory:
                   sum(m.uss for _, m in items))
 
 
+def _tree_total(roles: dict[str, list[tuple[int, Memory]]]) -> Memory:
+    """The whole server: every process of every role."""
+    return _total([item for items in roles.values() for item in items])
+
+
 def settled_tree(server_pid: int,
                  timeout_s: float = 20.0) -> dict[str, list[tuple[int, Memory]]]:
     """The server's processes by role once its PSS stops moving (two reads 0.5 s apart
@@ -97,7 +102,7 @@ def settled_tree(server_pid: int,
     while time.perf_counter() < deadline:
         time.sleep(0.5)
         again = classify(server_pid)
-        before, after = (_total([x for r in t.values() for x in r]).pss for t in (roles, again))
+        before, after = _tree_total(roles).pss, _tree_total(again).pss
         roles = again
         if abs(after - before) < 1.0:
             break
@@ -138,9 +143,8 @@ def measure_examples(server: ServerProcess, wars: list[str]) -> list[dict]:
             out.append({"workflow": war, "error": reply.message()[:200]})
             continue
         after = settled_tree(server.pid)
-        grown = {k: getattr(_total([x for r in after.values() for x in r]), k)
-                 - getattr(_total([x for r in before.values() for x in r]), k)
-                 for k in ("rss", "pss", "uss")}
+        now, then = _tree_total(after), _tree_total(before)
+        grown = {k: getattr(now, k) - getattr(then, k) for k in ("rss", "pss", "uss")}
         nodes = json.loads(server._manage("GET", f"/workflows/{name}", "describe").body)[0]
         out.append({"workflow": war, "nodes": len(nodes["nodes"]),
                     "workers_added": len(after["workers"]) - len(before["workers"]),
@@ -183,7 +187,7 @@ def run_mode(fork_server: bool, work: Path) -> dict:
             "examples": examples,
             "fork_server": fork_server,
             "startup_to_first_inference_s": round(startup, 3),
-            "echo_server": asdict(_total([x for r in echo_roles.values() for x in r])),
+            "echo_server": asdict(_tree_total(echo_roles)),
             "echo_server_by_role": _by_role(echo_roles),
             "cnn_first_worker": asdict(next(iter(one.values()))),
             "cnn_extra_workers": [asdict(m) for m in extra],
@@ -191,7 +195,7 @@ def run_mode(fork_server: bool, work: Path) -> dict:
             "fork_server_process": asdict(_total(roles["fork server"])),
             "workers": len(roles["workers"]),
             "all_workers": asdict(_total(roles["workers"])),
-            "whole_server": asdict(_total([x for r in roles.values() for x in r])),
+            "whole_server": asdict(_tree_total(roles)),
         }
     finally:
         server.stop()

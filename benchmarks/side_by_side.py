@@ -137,6 +137,22 @@ def load(driver: Driver, app: str, connections: int, budget: Budget) -> dict:
             "main_process_cpu_us_per_request": round(root * per_request, 1)}
 
 
+def measure_chains(driver: Driver, budget: Budget, app: str, hop_key: str) -> dict:
+    """``<app>3`` added: memory, 32 connections, 1 connection; then ``<app>1`` at 1
+    connection; per hop = the difference of the two p50s / 2 (step 3 of the module doc)."""
+    res: dict = {}
+    driver.add(f"{app}3")
+    wait_echoed(driver, f"{app}3")
+    res[f"memory_{app}3"] = tree_memory(driver.server.pid)
+    res[f"{app}3_c32"] = load(driver, f"{app}3", 32, budget)
+    res[f"{app}3_c1"] = load(driver, f"{app}3", 1, budget)
+    driver.add(f"{app}1")
+    wait_echoed(driver, f"{app}1")
+    res[f"{app}1_c1"] = load(driver, f"{app}1", 1, budget)
+    res[hop_key] = round((res[f"{app}3_c1"]["p50_ms"] - res[f"{app}1_c1"]["p50_ms"]) / 2, 4)
+    return res
+
+
 def measure_server(driver: Driver, budget: Budget, log=print) -> dict:
     """The sequence of the module doc on a started server (the caller stops it)."""
     res: dict = {"server": driver.name, "version": driver.version,
@@ -147,29 +163,11 @@ def measure_server(driver: Driver, budget: Budget, log=print) -> dict:
     res["echo_c1"] = load(driver, "echo", 1, budget)
     res["memory_echo"] = tree_memory(driver.server.pid)
     driver.remove("echo")
-    driver.add("chain3")
-    wait_echoed(driver, "chain3")
-    res["memory_chain3"] = tree_memory(driver.server.pid)
-    res["chain3_c32"] = load(driver, "chain3", 32, budget)
-    res["chain3_c1"] = load(driver, "chain3", 1, budget)
-    driver.add("chain1")
-    wait_echoed(driver, "chain1")
-    res["chain1_c1"] = load(driver, "chain1", 1, budget)
-    res["per_hop_p50_ms"] = round(
-        (res["chain3_c1"]["p50_ms"] - res["chain1_c1"]["p50_ms"]) / 2, 4)
+    res.update(measure_chains(driver, budget, "chain", "per_hop_p50_ms"))
     if getattr(driver, "function_chains", False):
         driver.remove("chain3")
         driver.remove("chain1")
-        driver.add("fchain3")
-        wait_echoed(driver, "fchain3")
-        res["memory_fchain3"] = tree_memory(driver.server.pid)
-        res["fchain3_c32"] = load(driver, "fchain3", 32, budget)
-        res["fchain3_c1"] = load(driver, "fchain3", 1, budget)
-        driver.add("fchain1")
-        wait_echoed(driver, "fchain1")
-        res["fchain1_c1"] = load(driver, "fchain1", 1, budget)
-        res["fper_hop_p50_ms"] = round(
-            (res["fchain3_c1"]["p50_ms"] - res["fchain1_c1"]["p50_ms"]) / 2, 4)
+        res.update(measure_chains(driver, budget, "fchain", "fper_hop_p50_ms"))
     res["load_avg_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     log(f"  {driver.name}: echo {res['echo_c32']['rps']:.0f} req/s, chain3 "
         f"{res['chain3_c32']['rps']:.0f} req/s, per hop {res['per_hop_p50_ms']:.3f} ms, PSS "

@@ -2,8 +2,8 @@
 
 Function nodes that share a worker and follow each other in a chain run in one worker call
 (``function_nodes.py``, ``handler/function_group.py``). The worker answers with a trail,
-``code, seconds, bytes out`` for every node that ran (a flat list), so each node still counts its
-own call (status and time) and, in a traced request, gets its own attempt, as if the
+``code, microseconds, bytes out`` for every node that ran (a flat list), so each node still
+counts its own call (status and time) and, in a traced request, gets its own attempt, as if the
 frontend had called it: the first node's time is the call's, less what the others took.
 """
 
@@ -23,8 +23,8 @@ def outcome_of(resp: Response) -> str:
 
 def account_fused(resp: Response, head_target: Any, fused: tuple, targets: dict | None,
                   elapsed_s: float, probe: Any, trace: Any) -> None:
-    """Record what ``resp.trail`` (code, microseconds, bytes out per node) says: the call's first
-    node ran, then ``fused`` in order, as far as the trail goes."""
+    """Record what ``resp.trail`` (code, microseconds, bytes out per node) says: the call's
+    first node ran, then ``fused`` in order, as far as the trail goes."""
     trail = resp.trail or ()
     others = sum(trail[4::3]) / 1e6
     head_target.stats.count(trail[0], max(0.0, elapsed_s - others))

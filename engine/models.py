@@ -24,6 +24,7 @@ from .model_config_keys import model_config_settings
 from .tasks import TaskOwner
 from .workers.batch_queue import BatchQueue
 from .workers.devices import DeviceConfigError, ModelDevices
+from .workers.launch import imports_torch
 from .workers.pool import DeviceAllocator, WorkerPool
 from .workers.process import Launcher, WorkerProcess, WorkerSpec, WorkerStartError
 from .workers.ray_placement import ray_placement
@@ -79,8 +80,6 @@ def _uses_torch(model_dir: Path, manifest: dict, handler: str) -> bool:
     """Whether a worker will import torch (then the fork server imports torch before forking
     it, once): it loads a serialized model, a built-in handler, or a handler file that
     imports torch."""
-    from .workers.launch import imports_torch
-
     if (manifest.get("model") or {}).get("serializedFile"):
         return True
     try:

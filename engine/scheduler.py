@@ -53,9 +53,14 @@ class NodePlan:
     timeout_s: float
     retries: int
     # the nodes after this one that run in its worker call (function nodes sharing a
-    # worker, each the only child of the one before: function_nodes.py, segments.py)
+    # worker, each the only child of the one before: function_nodes.py, run_segment)
     fused: tuple["NodePlan", ...] = ()
     call_names: str = ""  # with fused nodes: what the worker call names (segment_names)
+
+    @property
+    def end(self) -> "NodePlan":
+        """The last node of this node's worker call: whose output the call answers with."""
+        return self.fused[-1] if self.fused else self
 
 
 class NodeFailed(Exception):
@@ -179,7 +184,9 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
     names = None
     if fused:
         timeout_s += sum(node.timeout_s for node in fused)
-        names = plan.call_names if fused is plan.fused else segment_names((plan, *fused))
+        # a head's whole call is named once, at registration; a retry from a later node of
+        # the call (which is never a head itself) names what is left
+        names = plan.call_names or segment_names((plan, *fused))
     for attempt in range(first_attempt, plan.retries + 1):
         if attempt:
             target.stats.retried += 1
@@ -251,9 +258,9 @@ async def run_segment(head: NodePlan, targets: dict, request: Request, params: l
     pos = first_attempt = 0
     while True:
         node = nodes[pos]
-        rest = head.fused if pos == 0 else nodes[pos + 1:]
         resp = await call_node(node, targets[node.name], request, params, may_stream,
-                               fused=rest, targets=targets, first_attempt=first_attempt)
+                               fused=nodes[pos + 1:], targets=targets,
+                               first_attempt=first_attempt)
         trail = getattr(resp, "trail", None)
         if trail is None or resp.code < 400:
             return resp
@@ -282,9 +289,8 @@ async def run_chain(chain: tuple[NodePlan, ...], targets: dict, request: Request
     index = 0
     while True:
         node = chain[index]
-        end = node.fused[-1] if node.fused else node
-        resp = await _call(node, targets, request, params, end is last)
-        if end is last:
+        resp = await _call(node, targets, request, params, node.end is last)
+        if node.end is last:
             return resp
         index += 1 + len(node.fused)
         params = [Param("body", None, resp.value)]
@@ -302,7 +308,7 @@ async def run_plan(plan: Plan, targets: dict, request: Request) -> Response:
         # other ready children get tasks of their own.
         while True:
             node = plan.nodes[name]
-            end = node.fused[-1] if node.fused else node
+            end = node.end
             outputs[end.name] = await _call(node, targets, request,
                                             node_inputs(node, request, outputs),
                                             not end.children and len(plan.leaves) == 1)

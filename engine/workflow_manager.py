@@ -97,15 +97,14 @@ class WorkflowManager:
         try:
             compiled = self._compile(wf_dir, manifest, name, Path(url).name)
             shared = resolve_shared(self.registry, name, compiled.shared)
-            nodes = await self._start_nodes(name, compiled, wf_dir, manifest.handler, version,
-                                            response_timeout)
+            owned = [n for n in compiled.topo_order if n not in compiled.shared]
+            groups = function_groups(compiled, owned, self._own_config(name))
+            nodes = await self._start_nodes(name, compiled, owned, groups, wf_dir,
+                                            manifest.handler, version, response_timeout)
         except BaseException:
             self.registry.release_workflow(name, version)
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
-        groups = function_groups(compiled, [n for n in compiled.topo_order
-                                            if n not in compiled.shared],
-                                 self._own_config(name))
         plan = Plan.from_compiled(compiled, fusable(compiled, groups))
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
                               node_models=nodes, plan=plan, version=version, shared=shared,
@@ -134,15 +133,13 @@ class WorkflowManager:
             raise BadRequestError(f"Invalid workflow specification: {exc}") from None
         return compiled
 
-    async def _start_nodes(self, name: str, compiled: CompiledWorkflow, wf_dir: Path,
-                           handler: str, version: str, response_timeout: int | None = None,
-                           ) -> dict[str, ModelVersion]:
-        """One model per node; function nodes with the same settings share their workers
-        (function_nodes.py)."""
+    async def _start_nodes(self, name: str, compiled: CompiledWorkflow, owned: list[str],
+                           groups: list[list[str]], wf_dir: Path, handler: str, version: str,
+                           response_timeout: int | None = None) -> dict[str, ModelVersion]:
+        """One model per node of ``owned``; the function nodes of each of ``groups`` share
+        their workers (function_nodes.py)."""
         started: dict[str, ModelVersion] = {}
         module = Path(handler_file_name(handler)).stem
-        owned = [n for n in compiled.topo_order if n not in compiled.shared]
-        groups = function_groups(compiled, owned, self._own_config(name))
         grouped = {node: group for group in groups for node in group}
 
         async def start(node: str) -> None:

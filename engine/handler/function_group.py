@@ -166,9 +166,7 @@ class FunctionGroupService:
             finally:
                 timer.timing = False
         except NodeTimedOut:
-            message = f"timed out after {limit_s * 1000:g} ms"
-            return [Response(r.id, 504, b"", None, {}, message) for r in requests], \
-                service.context.metrics.drain()
+            return service._fail(requests, 504, f"timed out after {limit_s * 1000:g} ms")
 
 
 def _step(part: str) -> tuple[str, float | None]:
@@ -192,12 +190,4 @@ def _collector(streamed: dict[str, list[bytes]]) -> Callable[[list[Response]], N
     return collect
 
 
-def load_function_group(load_one: Callable[[str, str], Service],
-                        functions: dict[str, str]) -> FunctionGroupService:
-    """``functions``: node name -> its model name; ``load_one(node, model_name)`` loads the
-    node's function handler."""
-    return FunctionGroupService({node: load_one(node, model) for node, model in
-                                 functions.items()})
-
-
-__all__ = ["FunctionGroupService", "load_function_group"]
+__all__ = ["FunctionGroupService"]

@@ -93,11 +93,11 @@ def load_service(config: ServiceConfig) -> "Service | FunctionGroupService":
                        envelope=config.envelope)
 
     if config.functions:
-        from .function_group import load_function_group
+        from .function_group import FunctionGroupService
 
         module = handler.partition(":")[0]
-        return load_function_group(lambda node, model: load_one(f"{module}:{node}", model),
-                                   config.functions)
+        return FunctionGroupService({node: load_one(f"{module}:{node}", model)
+                                     for node, model in config.functions.items()})
     return load_one(handler, config.model_name)
 
 

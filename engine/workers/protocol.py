@@ -10,10 +10,12 @@ Operations (the ``op`` key of ``meta``):
 ``ready``       worker -> frontend once the handler loaded: ``{"op", "pid"}``
 ``load_failed`` worker -> frontend when it did not: ``{"op", "message"}`` (then it exits)
 ``predict``     frontend -> worker: ``{"op", "reqs": [Request.meta ...]}``; body = every
-                request's parameter bytes, in order
+                request's parameter bytes, in order (a request to a workflow's function
+                group names its node(s) in ``"n"``: ``Request.nodes``)
 ``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...],
                 "t": seconds the handler took for the batch}``; body = every response's
-                bytes, in order
+                bytes, in order (an answer of several fused function nodes carries
+                ``"trail"``: ``Response.trail``)
 ``partial``     worker -> frontend, any number before the ``result`` of a batch: intermediate
                 results a handler streamed (``send_intermediate_predict_response``), laid
                 out as ``result`` (responses only for the requests that got a chunk)
@@ -67,11 +69,10 @@ def encode_predict(requests: list[Request]) -> bytes:
             params.append([p.name, p.content_type, len(value)])
             chunks.append(value)
             size += len(value)
-        if req.nodes is None:
-            reqs.append({"id": req.id, "headers": req.headers, "params": params})
-        else:
-            reqs.append({"id": req.id, "headers": req.headers, "params": params,
-                         "n": req.nodes})
+        item = {"id": req.id, "headers": req.headers, "params": params}
+        if req.nodes is not None:
+            item["n"] = req.nodes
+        reqs.append(item)
     return _pack_parts({"op": "predict", "reqs": reqs}, chunks, size)
 
 

@@ -5,7 +5,6 @@ outside the server's directories, no model is left half-registered, no process i
 
 from __future__ import annotations
 
-import io
 import tarfile
 import zipfile
 from pathlib import Path
