@@ -98,8 +98,10 @@ def _models_header(batch_size: int, max_batch_delay_ms: int) -> list[str]:
             "  timeout-ms: 10000"]
 
 
-def chain_spec(k: int, echo_mar: str, *, batch_size: int = 1, max_batch_delay_ms: int = 5) -> str:
-    """A workflow spec: ``k`` echo nodes n1 -> n2 -> ... -> nk."""
+def chain_spec(k: int, echo_mar: str, *, batch_size: int = 1, max_batch_delay_ms: int = 5,
+               share_workers: bool = False) -> str:
+    """A workflow spec: ``k`` echo nodes n1 -> n2 -> ... -> nk (``share_workers``: in one
+    worker process, ``workflow: share-workers: true``)."""
     if k < 1:
         raise ValueError(f"a chain needs at least one node, got {k}")
     lines = _models_header(batch_size, max_batch_delay_ms)
@@ -110,6 +112,8 @@ def chain_spec(k: int, echo_mar: str, *, batch_size: int = 1, max_batch_delay_ms
         lines.append(f"  n{i}: [n{i + 1}]")
     if k == 1:
         lines.append("  n1: []")
+    if share_workers:
+        lines += ["workflow:", "  share-workers: true"]
     return "\n".join(lines) + "\n"
 
 
@@ -129,6 +133,20 @@ def build_function_wars(art: BenchArtifacts) -> dict[str, str]:
     for k in (1, 3):
         wars[f"fchain{k}_b8"] = _war(art.store, f"fchain{k}_b8",
                                      function_chain_spec(k, batch_size=8), specs)
+    return wars
+
+
+def build_shared_model_wars(art: BenchArtifacts) -> dict[str, str]:
+    """The chains of echo models with ``share-workers`` of scenario (i), archived into
+    ``art.store``: ``schain{1,3,5}`` and, batch size 8, ``schain{1,3}_b8``."""
+    specs = art.store.parent / "specs"
+    wars = {f"schain{k}": _war(art.store, f"schain{k}",
+                               chain_spec(k, art.echo_mar, share_workers=True), specs)
+            for k in (1, 3, 5)}
+    for k in (1, 3):
+        wars[f"schain{k}_b8"] = _war(art.store, f"schain{k}_b8",
+                                     chain_spec(k, art.echo_mar, batch_size=8,
+                                                share_workers=True), specs)
     return wars
 
 

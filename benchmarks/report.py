@@ -182,9 +182,12 @@ def _diamond_check(results: Results) -> Check:
 def evaluate_targets(results: Results, art: BenchArtifacts) -> list[Check]:
     models = Deployment("workflow", "chain3_batched", art.chain_batched, batch_size=8)
     functions = Deployment("workflow", "fchain3_b8", "fchain3_b8.war", batch_size=8)
+    shared = Deployment("workflow", "schain3_b8", "schain3_b8.war", batch_size=8)
     return [_echo_target(results, art), _hop_target(results), _chain_target(results, models),
             _hop_target(results, "h", "per-hop cost, function nodes", "fchain5"),
             _chain_target(results, functions, "h", "chain throughput, function nodes"),
+            _hop_target(results, "i", "per-hop cost, models sharing a worker", "schain5"),
+            _chain_target(results, shared, "i", "chain throughput, models sharing a worker"),
             _cnn_target(results, art), _workers_target(results, art), _diamond_check(results)]
 
 
@@ -240,13 +243,13 @@ def _scenario_extras(key: str, res: ScenarioResult) -> list[str]:
                 f"in-process handler, batch {batch}: {variants}; best served batch {batch}: "
                 f"{served.load.ok_rps:,.0f} req/s = "
                 f"{100 * served.load.ok_rps / base['items_per_s']:.0f} % of in-process")
-    elif key in ("c", "h"):
+    elif key in ("c", "h", "i"):
         for k in (3, 5):
             hop = res.extra.get(f"per_hop_k{k}")
             if hop:
                 out.append(f"per hop from chain {k} vs chain 1: {hop['p50_ms']:.3f} ms p50, "
                            f"{hop['p99_ms']:.3f} ms p99")
-    if key in ("d", "h"):
+    if key in ("d", "h", "i"):
         chain, node = res.row(what="chain"), res.row(what="node")
         if chain and node and node.load.ok_rps:
             out.append(f"chain / node: {100 * chain.load.ok_rps / node.load.ok_rps:.0f} %")

@@ -1,7 +1,7 @@
 """A fused call's trail turned into each node's metrics and trace.
 
 Function nodes that share a worker and follow each other in a chain run in one worker call
-(``function_nodes.py``, ``handler/function_group.py``). The worker answers with a trail,
+(``node_groups.py``, ``handler/node_group.py``). The worker answers with a trail,
 ``code, microseconds, bytes out`` for every node that ran (a flat list), so each node still
 counts its own call (status and time) and, in a traced request, gets its own attempt, as if the
 frontend had called it: the first node's time is the call's, less what the others took.
@@ -17,7 +17,7 @@ from .messages import Response
 
 def outcome_of(resp: Response) -> str:
     """A failed answer's outcome in a trace: a node the worker stopped at its own time limit
-    (``handler/function_group.py``) timed out; anything else is the node's error."""
+    (``handler/node_group.py``) timed out; anything else is the node's error."""
     return "timeout" if resp.code == 504 and resp.message.startswith("timed out") else "error"
 
 

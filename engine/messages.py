@@ -25,7 +25,7 @@ class Request:
     params: list[Param]
     headers: dict[str, str] = field(default_factory=dict)
     # in a worker that serves several function nodes of one workflow
-    # (handler/function_group.py): the node to run, or ``a:0.3,b:1`` (a chain in one call,
+    # (handler/node_group.py): the node to run, or ``a:0.3,b:1`` (a chain in one call,
     # with each node's time limit in seconds)
     nodes: str | None = None
 
@@ -42,5 +42,5 @@ class Response:
     message: str = ""
     handler_s: float | None = None  # the worker's time for the batch it came in (traces)
     # function nodes run in one worker call: code, microseconds, bytes out for each node
-    # that ran, in order, as one flat list (handler/function_group.py)
+    # that ran, in order, as one flat list (handler/node_group.py)
     trail: list | None = None

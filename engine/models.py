@@ -14,6 +14,7 @@ from typing import Any, Callable, TextIO
 from dagserve import __version__
 from dagserve.archiver import read_model_manifest
 from dagserve.archiver.handler_names import BUILTIN_HANDLERS, parse_handler
+from dagserve.archiver.manifest import read_manifest_data
 
 from .config import Config
 from .errors import BadRequestError, ConflictError, InternalServerError
@@ -50,7 +51,7 @@ class ModelOptions:
     loaded_at_startup: bool = False
     version: str | None = None
     ray: dict[str, Any] | None = None  # Ray placement options (POST /models?ray=<JSON>)
-    functions: dict[str, str] | None = None  # a workflow's function group (function_nodes.py)
+    group: dict[str, list[str]] | None = None  # a workflow's node group (WorkerSettings.group)
 
 
 def archive_config(model_dir: Path, manifest: dict) -> dict[str, Any]:
@@ -91,6 +92,18 @@ def _uses_torch(model_dir: Path, manifest: dict, handler: str) -> bool:
         return True
 
 
+def _group_uses_torch(model_dir: Path, manifest: dict, handler: str,
+                      group: dict[str, list[str]] | None) -> bool:
+    """``_uses_torch`` of the model, or of any model of its node group."""
+    if _uses_torch(model_dir, manifest, handler):
+        return True
+    for _model, member_handler, member_dir in (group or {}).values():
+        if member_dir and _uses_torch(Path(member_dir), read_manifest_data(Path(member_dir)),
+                                      member_handler):
+            return True
+    return False
+
+
 class ModelManager:
     """Registers, scales and unregisters model versions. ``on_change`` is called after each
     change (the snapshot writer); ``on_metrics`` gets the metrics a handler sent with a
@@ -129,6 +142,21 @@ class ModelManager:
         Synchronous: returns once the workers are up (or raises, leaving nothing behind).
         Otherwise returns at once; the workers start in a background task (its failure
         unregisters the model again and is logged)."""
+        model_dir, manifest = await self.unpack(url, store)
+        return await self.register_unpacked(url, model_dir, manifest, opts,
+                                            synchronous=synchronous)
+
+    async def register_unpacked(self, url: str, model_dir: Path, manifest, opts: ModelOptions,
+                                *, synchronous: bool = True) -> ModelVersion:
+        """``register`` of an archive already unpacked (``unpack``) into ``model_dir``."""
+        return await self.register_dir(url, model_dir, opts, name=manifest.model_name,
+                                       version=manifest.model_version, runtime=manifest.runtime,
+                                       handler=manifest.handler or "", manifest=manifest.to_dict(),
+                                       owns_dir=True, synchronous=synchronous)
+
+    async def unpack(self, url: str, store: Path | None = None):
+        """The archive at ``url`` unpacked (with its requirements installed when
+        ``install_py_dep_per_model``): its directory and manifest."""
         model_dir, manifest = await self.intake.receive(
             url, self.cfg.model_store if store is None else store, read_model_manifest, "model")
         if self.cfg.install_py_dep_per_model and manifest.requirements_file:
@@ -137,10 +165,7 @@ class ModelManager:
             except BaseException:
                 shutil.rmtree(model_dir, ignore_errors=True)
                 raise
-        return await self.register_dir(url, model_dir, opts, name=manifest.model_name,
-                                       version=manifest.model_version, runtime=manifest.runtime,
-                                       handler=manifest.handler or "", manifest=manifest.to_dict(),
-                                       owns_dir=True, synchronous=synchronous)
+        return model_dir, manifest
 
     async def register_dir(self, url: str, model_dir: Path, opts: ModelOptions, *, name: str,
                            version: str, runtime: str, handler: str, manifest: dict,
@@ -217,8 +242,8 @@ class ModelManager:
                           server_version=SERVER_VERSION,
                           limit_max_image_pixels=self.cfg.limit_max_image_pixels,
                           max_retry_timeout_s=extra.max_retry_timeout_s,
-                          uses_torch=_uses_torch(model_dir, raw, handler),
-                          envelope=self.cfg.service_envelope, functions=opts.functions)
+                          uses_torch=_group_uses_torch(model_dir, raw, handler, opts.group),
+                          envelope=self.cfg.service_envelope, group=opts.group)
         queue = BatchQueue(name, batch_size, extra.job_queue_size, max_batch_delay_ms=delay)
         mv_holder: list[ModelVersion] = []
         placement = ray_placement(acfg, per_model, name, opts.ray)  # checked even without Ray

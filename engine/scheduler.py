@@ -53,7 +53,7 @@ class NodePlan:
     timeout_s: float
     retries: int
     # the nodes after this one that run in its worker call (function nodes sharing a
-    # worker, each the only child of the one before: function_nodes.py, run_segment)
+    # worker, each the only child of the one before: node_groups.py, run_segment)
     fused: tuple["NodePlan", ...] = ()
     call_names: str = ""  # with fused nodes: what the worker call names (segment_names)
 
@@ -106,7 +106,7 @@ class Plan:
 
 def segment_names(nodes) -> str:
     """The nodes of one worker call with their time limits, ``a:0.3,b:1``: the worker keeps
-    each node's limit (handler/function_group.py); the frontend's timer, at their sum, is a
+    each node's limit (handler/node_group.py); the frontend's timer, at their sum, is a
     safety net for a worker that does not answer at all."""
     return ",".join(f"{node.name}:{node.timeout_s:g}" for node in nodes)
 

@@ -19,8 +19,8 @@ from . import tracing
 from .config import Config, startup_entries
 from .errors import (BadRequestError, DagserveError, InternalServerError, PredictionError,
                      WorkflowNotFoundError)
-from .function_nodes import NodeQueue, function_groups, fusable, group_member
-from .models import ModelManager, ModelOptions
+from .node_groups import NodeQueue, fusable, group_member, node_groups, sibling_modules
+from .models import ModelManager, ModelOptions, archive_config
 from .flow import FlowPlan, request_deadline_ms, run_flow
 from .registry import DEFAULT_WORKFLOW_VERSION, ModelVersion, Registry, WorkflowEntry
 from .scheduler import NodeFailed, Plan, run_plan
@@ -94,16 +94,22 @@ class WorkflowManager:
         except BaseException:
             shutil.rmtree(wf_dir, ignore_errors=True)
             raise
+        unpacked: dict = {}  # model node -> (directory, manifest), with share-workers
         try:
             compiled = self._compile(wf_dir, manifest, name, Path(url).name)
             shared = resolve_shared(self.registry, name, compiled.shared)
             owned = [n for n in compiled.topo_order if n not in compiled.shared]
-            groups = function_groups(compiled, owned, self._own_config(name))
+            unpacked = await self._unpack_for_sharing(compiled, owned)
+            groups = node_groups(compiled, owned, self._own_config(name),
+                                 *_model_sharing(unpacked))
             nodes = await self._start_nodes(name, compiled, owned, groups, wf_dir,
-                                            manifest.handler, version, response_timeout)
+                                            manifest.handler, version, response_timeout,
+                                            unpacked)
         except BaseException:
             self.registry.release_workflow(name, version)
             shutil.rmtree(wf_dir, ignore_errors=True)
+            for model_dir, _ in unpacked.values():
+                shutil.rmtree(model_dir, ignore_errors=True)  # gone already when registered
             raise
         plan = Plan.from_compiled(compiled, fusable(compiled, groups))
         entry = WorkflowEntry(name=name, url=url, compiled=compiled, workflow_dir=wf_dir,
@@ -133,14 +139,38 @@ class WorkflowManager:
             raise BadRequestError(f"Invalid workflow specification: {exc}") from None
         return compiled
 
+    async def _unpack_for_sharing(self, compiled: CompiledWorkflow, owned: list[str]) -> dict:
+        """With ``share-workers`` (and no Ray cluster: a Ray worker gets one model's files),
+        each owned model node's archive unpacked: node -> (directory, manifest)."""
+        unpacked: dict = {}
+        if not compiled.share_workers or self.models.ray is not None:
+            return unpacked
+        try:
+            for node in owned:
+                if compiled.graph.nodes[node]["kind"] == "model":
+                    unpacked[node] = await self.models.unpack(compiled.models[node].url,
+                                                              self.cfg.model_store)
+        except BaseException:
+            for model_dir, _ in unpacked.values():
+                shutil.rmtree(model_dir, ignore_errors=True)
+            raise
+        return unpacked
+
     async def _start_nodes(self, name: str, compiled: CompiledWorkflow, owned: list[str],
                            groups: list[list[str]], wf_dir: Path, handler: str, version: str,
-                           response_timeout: int | None = None) -> dict[str, ModelVersion]:
-        """One model per node of ``owned``; the function nodes of each of ``groups`` share
-        their workers (function_nodes.py)."""
+                           response_timeout: int | None = None,
+                           unpacked: dict | None = None) -> dict[str, ModelVersion]:
+        """One model per node of ``owned``; the nodes of each of ``groups`` share their
+        workers (node_groups.py). ``unpacked``: model nodes whose archives are unpacked."""
         started: dict[str, ModelVersion] = {}
+        unpacked = unpacked or {}
         module = Path(handler_file_name(handler)).stem
         grouped = {node: group for group in groups for node in group}
+
+        def member_handler(node: str) -> str:
+            if node in unpacked:
+                return unpacked[node][1].handler or self.cfg.default_service_handler or ""
+            return f"{module}:{node}"
 
         async def start(node: str) -> None:
             settings = compiled.graph.nodes[node]["settings"]
@@ -152,9 +182,14 @@ class WorkflowManager:
                                 max_workers=max(settings.max_workers, settings.min_workers, 1),
                                 response_timeout=response_timeout, owner=name,
                                 version=version,
-                                functions=None if group is None else
-                                {n: node_model_name(name, n) for n in group})
-            if compiled.graph.nodes[node]["kind"] == "model":
+                                group=None if group is None else
+                                {n: [node_model_name(name, n), member_handler(n),
+                                     str(unpacked[n][0]) if n in unpacked else ""]
+                                 for n in group})
+            if node in unpacked:
+                mv = await self.models.register_unpacked(compiled.models[node].url,
+                                                         *unpacked[node], opts)
+            elif compiled.graph.nodes[node]["kind"] == "model":
                 mv = await self.models.register(compiled.models[node].url, opts,
                                                    store=self.cfg.model_store)
             else:
@@ -164,8 +199,14 @@ class WorkflowManager:
                     manifest={}, owns_dir=False)
             started[node] = mv
             for other in group[1:] if group else ():
+                own = {}
+                if other in unpacked:
+                    model_dir, manifest = unpacked[other]
+                    own = dict(url=compiled.models[other].url, model_dir=model_dir,
+                               manifest=manifest.to_dict(), runtime=manifest.runtime,
+                               owns_dir=True)
                 member = group_member(mv, other, node_model_name(name, other),
-                                      f"{module}:{other}")
+                                      member_handler(other), **own)
                 self.registry.reserve(member.name, member.version)
                 self.registry.add(member)
                 started[other] = member
@@ -185,7 +226,7 @@ class WorkflowManager:
         return started
 
     def _own_config(self, workflow: str):
-        """A node model's own entry in config.properties' ``models`` (function_nodes.py)."""
+        """A node model's own entry in config.properties' ``models`` (node_groups.py)."""
         return lambda node: (self.cfg.models or {}).get(node_model_name(workflow, node))
 
     async def unregister(self, name: str, version: str | None = None) -> None:
@@ -270,6 +311,30 @@ class WorkflowManager:
                 "batchSize": g.batch_size, "maxBatchDelay": g.max_batch_delay_ms,
                 "retryAttempts": g.retry_attempts, "timeoutMs": g.timeout_ms,
                 "workflowDag": entry.compiled.to_json(), "nodes": nodes}
+
+
+def _model_sharing(unpacked: dict) -> tuple:
+    """``node_groups``' ``model_key`` and ``modules`` for the model nodes in ``unpacked``:
+    models share workers when their archives' model config and runtime are the same, and
+    their files (handlers aside) have different names."""
+
+    def model_key(node: str):
+        if node not in unpacked:
+            return None
+        model_dir, manifest = unpacked[node]
+        return [archive_config(model_dir, manifest.to_dict()), manifest.runtime]
+
+    def modules(node: str) -> set[str]:
+        if node not in unpacked:
+            return set()
+        model_dir, manifest = unpacked[node]
+        try:
+            handler_module = parse_handler(manifest.handler or "").module
+        except ValueError:
+            handler_module = ""
+        return sibling_modules(model_dir, handler_module)
+
+    return (model_key if unpacked else None), modules
 
 
 def handler_file_name(handler: str) -> str:

@@ -30,6 +30,7 @@ Starting a server costs a few seconds: share one per module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,7 +42,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTED_LINE = "Model server started."
@@ -407,3 +410,26 @@ def start_server(workdir: Path, *, model_store: Path | None = None, args: Sequen
         if "in use" not in last_error:
             break
     raise RuntimeError(f"server exited before it started:\n{last_error}")
+
+
+# -- workflows -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def serving_workflows(work: Path, model_store: Path, wf_store: Path,
+                      names: Iterable[str]) -> Iterator[RunningServer]:
+    """A server (token auth off, model API on) with ``<name>.war`` of ``wf_store`` registered
+    for each of ``names``."""
+    with start_server(work, model_store=model_store,
+                      args=["--disable-token-auth", "--enable-model-api", "--ncs",
+                            "--workflow-store", str(wf_store)]) as srv:
+        for name in names:
+            r = requests.post(srv.management_url + "/workflows",
+                              params={"url": f"{name}.war"}, timeout=120)
+            assert r.status_code == 200, r.text
+        yield srv
+
+
+def worker_pids(server: RunningServer, model: str) -> set[int]:
+    """The process ids of a model's workers, as its description lists them."""
+    desc = requests.get(f"{server.management_url}/models/{model}", timeout=10).json()
+    return {w["pid"] for w in desc[0]["workers"]}

@@ -1,5 +1,5 @@
 """A workflow's function nodes in one worker process, and chains of them run in one worker
-call (engine/function_nodes.py, engine/handler/function_group.py, scheduler.run_segment):
+call (engine/node_groups.py, engine/handler/node_group.py, scheduler.run_segment):
 the worker side on its own, the plan's fusion rules, and the real server (one process for the
 nodes, each node still its own model with its own metrics and trace, retries and timeouts
 named by node)."""
@@ -16,11 +16,11 @@ import networkx as nx
 import pytest
 import requests
 
-from dagserve.engine.function_nodes import function_groups, fusable
+from dagserve.engine.node_groups import fusable, node_groups
 from dagserve.engine.handler.service import ServiceConfig, load_service
 from dagserve.engine.messages import Param, Request
 from dagserve.engine.scheduler import Plan
-from server_utils import start_server
+from server_utils import serving_workflows, worker_pids
 from test_workflow_api import build_war
 
 HANDLER = textwrap.dedent('''
@@ -94,7 +94,8 @@ def group(tmp_path):
     ts_alias.install()
     nodes = ("tag_a", "tag_b", "tag_c", "flaky_mid", "refuse", "sleepy", "chunky")
     return load_service(ServiceConfig(tmp_path, "wf__tag_a", "fg_handler:tag_a",
-                                      functions={n: f"wf__{n}" for n in nodes}))
+                                      group={n: [f"wf__{n}", f"fg_handler:{n}", ""]
+                                             for n in nodes}))
 
 
 def _req(rid: str, body: bytes, nodes: str) -> Request:
@@ -182,7 +183,7 @@ def test_groups_follow_settings_and_fusion_follows_the_shape():
              "d": "function", "e": "function"}
     compiled = _compiled({"a": ["b"], "b": ["m"], "m": ["c"], "c": ["d", "e"]}, kinds,
                          batch={"e": 4})
-    groups = function_groups(compiled, compiled.topo_order)
+    groups = node_groups(compiled, compiled.topo_order)
     assert groups == [["a", "b", "c", "d"]]  # e's batch size differs: a worker of its own
     fused = fusable(compiled, groups)
     assert fused == {"b"}  # c has two children: d runs after c, but not in c's call
@@ -191,7 +192,7 @@ def test_groups_follow_settings_and_fusion_follows_the_shape():
     assert plan.nodes["c"].fused == () and plan.nodes["m"].fused == ()
     # a node model with its own config.properties entry (e.g. a Ray placement) differs too
     own = {"b": {"1.0": {"ray": {"num_cpus": 1}}}}
-    assert function_groups(compiled, compiled.topo_order, own.get) == [["a", "c", "d"]]
+    assert node_groups(compiled, compiled.topo_order, own.get) == [["a", "c", "d"]]
 
 
 # -- the real server ----------------------------------------------------------------------
@@ -244,24 +245,12 @@ def server(tmp_path_factory):
     for name, spec in SPECS.items():
         result = build_war(wars, name, spec, handler=handler)
         assert result.returncode == 0, result.stderr
-    with start_server(work, model_store=models,
-                      args=["--disable-token-auth", "--enable-model-api", "--ncs",
-                            "--workflow-store", str(wars)]) \
-            as srv:
-        for name in SPECS:
-            r = requests.post(srv.management_url + "/workflows",
-                              params={"url": f"{name}.war"}, timeout=120)
-            assert r.status_code == 200, r.text
+    with serving_workflows(work, models, wars, SPECS) as srv:
         yield srv
 
 
-def _pids(server, model: str) -> set[int]:
-    desc = requests.get(f"{server.management_url}/models/{model}", timeout=10).json()
-    return {w["pid"] for w in desc[0]["workers"]}
-
-
 def test_the_function_nodes_share_one_worker_process(server):
-    pids = [_pids(server, f"fused__{node}") for node in ("tag_a", "tag_b", "tag_c")]
+    pids = [worker_pids(server, f"fused__{node}") for node in ("tag_a", "tag_b", "tag_c")]
     assert len(pids[0]) == 1 and pids[0] == pids[1] == pids[2]
     r = requests.post(f"{server.inference_url}/wfpredict/fused", data=b"x", timeout=30)
     assert r.status_code == 200, r.text
@@ -300,7 +289,7 @@ def test_a_failing_middle_node_is_retried_from_where_it_failed(server):
         r = requests.post(f"{server.inference_url}/wfpredict/flaky", data=f"{i}".encode(),
                           timeout=30)
         assert r.status_code == 200, r.text
-        assert r.text.endswith(f"(flaky(a[{_one(_pids(server, 'flaky__tag_a'))}]({i})))")
+        assert r.text.endswith(f"(flaky(a[{_one(worker_pids(server, 'flaky__tag_a'))}]({i})))")
 
 
 def _one(pids: set[int]) -> int:
@@ -335,13 +324,13 @@ def test_concurrent_requests_are_batched_through_the_chain(server):
     with ThreadPoolExecutor(16) as pool:
         outputs = list(pool.map(call, range(64)))
     for i, text in enumerate(outputs):
-        assert text.endswith(f"(a[{_one(_pids(server, 'fused__tag_a'))}]({i})))")
+        assert text.endswith(f"(a[{_one(worker_pids(server, 'fused__tag_a'))}]({i})))")
     sizes = {int(text.split(":")[2].split("(")[0]) for text in outputs}
     assert max(sizes) > 1, sizes  # tag_c saw batches of several requests
 
 
 def test_unregistering_the_workflow_stops_the_shared_worker(server):
-    (pid,) = _pids(server, "refusing__tag_a")
+    (pid,) = worker_pids(server, "refusing__tag_a")
     r = requests.delete(f"{server.management_url}/workflows/refusing", timeout=60)
     assert r.status_code == 200
     for node in ("tag_a", "refuse", "tag_c"):

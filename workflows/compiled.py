@@ -120,6 +120,9 @@ class CompiledWorkflow:
     flows: dict[str, NodeFlow] = field(default_factory=dict)  # nodes with a 'nodes:' entry
     shared: dict[str, str] = field(default_factory=dict)  # node -> registered "name[/version]"
     deadline_ms: int | None = None
+    # model nodes with the same settings share worker processes (engine/node_groups.py);
+    # a serving choice, not a change of what a request does: the fast path keeps it
+    share_workers: bool = False
 
     @property
     def uses_flow(self) -> bool:
@@ -157,6 +160,8 @@ class CompiledWorkflow:
             "edges": [[a, b] for a, b in self.edges],
             "globalSettings": self.global_settings.to_json(),
         }
+        if self.share_workers:
+            described["shareWorkers"] = True
         if self.flows or self.shared or self.deadline_ms is not None:
             described.update(self._flow_summary())
         return described

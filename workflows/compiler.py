@@ -102,6 +102,7 @@ def compile_document(doc: LocatedDocument, *, name: str, source: str) -> Compile
                       shared=flow.shared)
     compiled.flows = flow.flows
     compiled.deadline_ms = flow.deadline_ms
+    compiled.share_workers = flow.share_workers
     return compiled
 
 

@@ -1,7 +1,7 @@
 """The spec's additions beyond TorchServe (WORKFLOW-SPEC.md): ``nodes:`` (when, foreach,
 max-items, inputs, on-error), ``model:`` under a model (a shared registered model) and
-``workflow: deadline-ms``. Checked against the DAG and compiled once; the schema has already
-reported malformed values, which are skipped here.
+``workflow:`` (deadline-ms, share-workers). Checked against the DAG and compiled once; the
+schema has already reported malformed values, which are skipped here.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class FlowSpec:
     flows: dict[str, NodeFlow] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
     deadline_ms: int | None = None
+    share_workers: bool = False
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -38,6 +39,7 @@ def read_flow(data: dict[str, Any], doc: LocatedDocument, shape: DagShape) -> Fl
         deadline = workflow.get("deadline-ms")
         if isinstance(deadline, int) and not isinstance(deadline, bool) and deadline >= 1:
             result.deadline_ms = deadline
+        result.share_workers = workflow.get("share-workers") is True
     nodes = data.get(NODES)
     if not isinstance(nodes, dict):
         return result

@@ -77,5 +77,8 @@ def _workflow_problems(err: ValidationError, doc: LocatedDocument,
     elif path[1] == "deadline-ms":
         yield doc.problem(path, f"deadline-ms must be an integer >= 1 (milliseconds), got "
                                 f"{describe(err.instance)}")
+    elif path[1] == "share-workers":
+        yield doc.problem(path, f"share-workers must be true or false, got "
+                                f"{describe(err.instance)}")
     else:
         yield doc.problem(path, err.message)

@@ -38,7 +38,7 @@ from .streaming import StreamCancelled
 from .util import PredictionException
 
 if TYPE_CHECKING:
-    from .function_group import FunctionGroupService
+    from .node_group import NodeGroupService
 
 __all__ = ["Service", "ServiceConfig", "load_service"]
 
@@ -59,46 +59,49 @@ class ServiceConfig:
     server_version: str = ""
     config_file: str | None = None  # model-config YAML; relative paths are in model_dir
     envelope: str | None = None  # service_envelope: every batch goes through it
-    # A workflow's function group (function_group.py): node name -> its model name; the
-    # handler names the module (``wf_handler:<any node>``)
-    functions: dict[str, str] | None = None
+    # A workflow's node group (node_group.py): node name -> [its model name, its handler,
+    # its model directory ("": model_dir)]
+    group: dict[str, list[str]] | None = None
 
 
-def load_service(config: ServiceConfig) -> "Service | FunctionGroupService":
+def load_service(config: ServiceConfig) -> "Service | NodeGroupService":
     """Read the manifest and model config, build the context, load the handler (or, for a
-    function group, one handler per node from the same module)."""
+    node group, one handler per node, each from its own directory)."""
     model_dir = Path(config.model_dir).resolve()
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    if not config.group:
+        return _load_one(config, model_dir, config.handler, config.model_name, config.config_file)
+    from .node_group import NodeGroupService
+
+    # Each model's handler module is its own even when two have the same file name
+    # (util.import_from_dir); the frontend groups no models whose other files share a name.
+    services = {}
+    for node, (model_name, handler, member_dir) in config.group.items():
+        directory = Path(member_dir).resolve() if member_dir else model_dir
+        services[node] = _load_one(config, directory, handler, model_name,
+                                   config.config_file if directory == model_dir else None)
+    return NodeGroupService(services)
+
+
+def _load_one(config: ServiceConfig, model_dir: Path, handler: str | None, model_name: str,
+              config_file: str | None) -> Service:
     manifest = read_manifest_data(model_dir)
     model_section = manifest.get("model")
-    handler = config.handler
     if not handler and isinstance(model_section, dict):
         handler = model_section.get("handler")
     if not handler:
         raise ValueError("no handler given and the manifest names none")
-
-    def load_one(handler: str, model_name: str) -> Service:
-        node_manifest = manifest
-        if not isinstance(model_section, dict):
-            # A workflow's function worker has a WAR manifest (or none): give handlers the
-            # model section they expect to find.
-            node_manifest = dict(manifest, model={"modelName": model_name, "handler": handler})
-        yaml_config = load_model_config(model_dir, node_manifest, config.config_file)
-        context = Context(model_name, str(model_dir), node_manifest, config.batch_size,
-                          config.gpu_id, config.server_version, config.limit_max_image_pixels,
-                          MetricsCache(model_name), yaml_config)
-        entry = load_handler(handler, model_dir, context)
-        return Service(context, entry, decode_input=config.decode_input,
-                       envelope=config.envelope)
-
-    if config.functions:
-        from .function_group import FunctionGroupService
-
-        module = handler.partition(":")[0]
-        return FunctionGroupService({node: load_one(f"{module}:{node}", model)
-                                     for node, model in config.functions.items()})
-    return load_one(handler, config.model_name)
+    if not isinstance(model_section, dict):
+        # A workflow's function worker has a WAR manifest (or none): give handlers the
+        # model section they expect to find.
+        manifest = dict(manifest, model={"modelName": model_name, "handler": handler})
+    yaml_config = load_model_config(model_dir, manifest, config_file)
+    context = Context(model_name, str(model_dir), manifest, config.batch_size,
+                      config.gpu_id, config.server_version, config.limit_max_image_pixels,
+                      MetricsCache(model_name), yaml_config)
+    entry = load_handler(handler, model_dir, context)
+    return Service(context, entry, decode_input=config.decode_input, envelope=config.envelope)
 
 
 def decode_value(content_type: str | None, value: bytes) -> Any:

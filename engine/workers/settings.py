@@ -32,7 +32,9 @@ class WorkerSettings:
     server_version: str = ""
     config_file: str | None = None  # model-config YAML, else the manifest's
     envelope: str | None = None  # service_envelope: a request envelope for every batch
-    functions: dict[str, str] | None = None  # a workflow's function group: node -> model name
+    # a workflow's node group (engine/node_groups.py): node -> [its model name, its handler,
+    # its model directory ("": this worker's model_dir)]
+    group: dict[str, list[str]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -66,7 +68,7 @@ class WorkerSettings:
             handler=self.handler or None, gpu_id=self.gpu_id, batch_size=max(1, self.batch_size),
             decode_input=self.decode_input, limit_max_image_pixels=self.limit_max_image_pixels,
             server_version=self.server_version, config_file=self.config_file or None,
-            envelope=self.envelope or None, functions=self.functions or None)
+            envelope=self.envelope or None, group=self.group or None)
 
 
 _TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "dict": (dict,)}
@@ -82,6 +84,12 @@ def _check_type(name: str, annotation: Any, value: Any) -> None:
     if isinstance(value, bool) and base == "int" or not isinstance(value, allowed):
         raise ValueError(f"{name!r} must be {'null or ' if optional else ''}{base}, "
                          f"got {value!r}")
-    if base == "dict" and not all(isinstance(k, str) and isinstance(v, str)
-                                  for k, v in value.items()):
+    if base != "dict":
+        return
+    if "list" in text:
+        if not all(isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str)
+                                                                      for x in v)
+                   for k, v in value.items()):
+            raise ValueError(f"{name!r} must map strings to lists of strings, got {value!r}")
+    elif not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ValueError(f"{name!r} must map strings to strings, got {value!r}")

@@ -31,7 +31,7 @@ class WorkerSpec:
     max_retry_timeout_s: float = 300.0  # maxRetryTimeoutInSec: how long restarts are tried
     uses_torch: bool = True  # a hint for the launcher: a serialized model or a built-in handler
     envelope: str | None = None  # service_envelope
-    functions: dict[str, str] | None = None  # a workflow's function group: node -> model name
+    group: dict[str, list[str]] | None = None  # a workflow's node group (WorkerSettings.group)
 
     def settings_for(self, address: str | Path, gpu_id: int | None,
                      threads: int) -> WorkerSettings:
@@ -41,7 +41,7 @@ class WorkerSpec:
             handler=self.handler, gpu_id=gpu_id, batch_size=self.batch_size, threads=threads,
             decode_input=self.decode_input, server_version=self.server_version,
             config_file=self.config_file, limit_max_image_pixels=self.limit_max_image_pixels,
-            envelope=self.envelope, functions=self.functions)
+            envelope=self.envelope, group=self.group)
 
 
 @dataclass(slots=True)

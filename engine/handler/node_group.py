@@ -81,7 +81,7 @@ class _NodeTimer:
         self.timing = True
 
 
-class FunctionGroupService:
+class NodeGroupService:
     """Serves batches for several function nodes (``services``: node name -> its Service)."""
 
     def __init__(self, services: dict[str, Service]):
@@ -190,4 +190,4 @@ def _collector(streamed: dict[str, list[bytes]]) -> Callable[[list[Response]], N
     return collect
 
 
-__all__ = ["FunctionGroupService"]
+__all__ = ["NodeGroupService"]
