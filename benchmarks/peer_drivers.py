@@ -9,7 +9,7 @@ import urllib.parse
 from importlib import metadata
 from pathlib import Path
 
-from .artifacts import BenchArtifacts, build_function_wars
+from .artifacts import BenchArtifacts, build_function_wars, build_shared_model_wars
 from .loadgen import Target
 from .peer import PeerError
 from .servers import Ports, ServerError, ServerProcess, dagserve_command, free_ports, http_call, \
@@ -44,7 +44,9 @@ class DagserveDriver(Driver):
     (batch size 1) registered through the management API, ``POST /wfpredict/<chain>``."""
 
     name = "dagserve"
-    function_chains = True  # also measured: chains of function nodes (fchain1, fchain3)
+    # also measured: chains of function nodes (fchain1, fchain3) and of echo models that
+    # share a worker (schain1, schain3: share-workers)
+    function_chains = True
 
     def __init__(self, art: BenchArtifacts, out: Path):
         ports = Ports(*free_ports(3))
@@ -52,7 +54,7 @@ class DagserveDriver(Driver):
         self.server = ServerProcess("dagserve", dagserve_command(
             config, art.store, f"echo={art.echo_mar}"), out, ports)
         self.art = art
-        self.function_wars = build_function_wars(art)
+        self.function_wars = {**build_function_wars(art), **build_shared_model_wars(art)}
         try:
             self.version = metadata.version("dagserve")
         except metadata.PackageNotFoundError:
@@ -63,7 +65,7 @@ class DagserveDriver(Driver):
         return Target("127.0.0.1", self.server.ports.inference, path, body=BODY_1K)
 
     def add(self, app: str) -> None:
-        war = self.function_wars[app] if app.startswith("f") else \
+        war = self.function_wars[app] if app.startswith(("f", "s")) else \
             self.art.chains[int(app[len("chain"):])]
         reply = self.server.register_workflow(war, app)
         if reply.status != 200:

@@ -13,7 +13,9 @@ Each server starts with one echo model and is measured in the same order:
 
 dagserve is then also measured with chains of function nodes (``fchain1``, ``fchain3``: the
 workflow's own functions, run in one worker process and one worker call per chain, see
-benchmarks/fused_scenarios.py): memory, 32 connections, per hop, as for the chains above.
+benchmarks/fused_scenarios.py) and with the chains of echo models in a spec that says
+``workflow: share-workers: true`` (``schain1``, ``schain3``: one worker process, one worker
+call per chain): memory, 32 connections, per hop, as for the chains above.
 
 The chains are dagserve workflows of echo nodes (batch size 1), Triton ensembles of
 python-backend echo models, and Ray Serve deployments composed with DeploymentHandle
@@ -165,9 +167,12 @@ def measure_server(driver: Driver, budget: Budget, log=print) -> dict:
     driver.remove("echo")
     res.update(measure_chains(driver, budget, "chain", "per_hop_p50_ms"))
     if getattr(driver, "function_chains", False):
-        driver.remove("chain3")
-        driver.remove("chain1")
-        res.update(measure_chains(driver, budget, "fchain", "fper_hop_p50_ms"))
+        before = "chain"
+        for app, hop_key, _ in ONE_CALL_CHAINS:
+            driver.remove(f"{before}3")
+            driver.remove(f"{before}1")
+            res.update(measure_chains(driver, budget, app, hop_key))
+            before = app
     res["load_avg_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     log(f"  {driver.name}: echo {res['echo_c32']['rps']:.0f} req/s, chain3 "
         f"{res['chain3_c32']['rps']:.0f} req/s, per hop {res['per_hop_p50_ms']:.3f} ms, PSS "
@@ -190,9 +195,13 @@ def run_one(driver: Driver, budget: Budget, log=print) -> dict:
         driver.server.stop()
 
 
+# dagserve's chains that run in one worker call: app prefix, per-hop key, what the nodes are
+ONE_CALL_CHAINS = (("fchain", "fper_hop_p50_ms", "function nodes"),
+                   ("schain", "sper_hop_p50_ms", "models sharing a worker"))
 RUNS = {"echo_c32": "rps", "echo_c1": "p50_ms", "chain3_c32": "rps", "chain3_c1": "p50_ms",
-        "chain1_c1": "p50_ms", "fchain3_c32": "rps", "fchain3_c1": "p50_ms",
-        "fchain1_c1": "p50_ms"}
+        "chain1_c1": "p50_ms",
+        **{f"{app}{run}": figure for app, _, _ in ONE_CALL_CHAINS
+           for run, figure in (("3_c32", "rps"), ("3_c1", "p50_ms"), ("1_c1", "p50_ms"))}}
 
 
 def best_of(rounds: list[dict]) -> dict:
@@ -206,12 +215,13 @@ def best_of(rounds: list[dict]) -> dict:
     best = dict(ok[0])
     for key, figure in RUNS.items():
         pick = max if figure == "rps" else min
-        if all(key in r for r in ok):  # the function chains: dagserve only
+        if all(key in r for r in ok):  # the one-call chains: dagserve only
             best[key] = pick((r[key] for r in ok), key=lambda run: run[figure])
-    for key in ("memory_echo", "memory_chain3", "memory_fchain3"):
+    for key in ("memory_echo", "memory_chain3",
+                *(f"memory_{app}3" for app, _, _ in ONE_CALL_CHAINS)):
         if all(key in r for r in ok):
             best[key] = min((r[key] for r in ok), key=lambda m: m["pss_mib"])
-    for key in ("per_hop_p50_ms", "fper_hop_p50_ms"):  # a difference: per round
+    for key in ("per_hop_p50_ms", *(hop for _, hop, _ in ONE_CALL_CHAINS)):  # per round
         if all(key in r for r in ok):
             best[key] = min(r[key] for r in ok)
     best["first_echo_s"] = min(r["first_echo_s"] for r in ok)
@@ -249,12 +259,12 @@ ROWS = [
      "{:.0f}"),
     ("... RSS MiB (processes)", lambda r: (r["memory_chain3"]["rss_mib"],
                                            r["memory_chain3"]["processes"]), "{0:.0f} ({1})"),
-    ("3-node chain of function nodes, 32 connections: req/s (dagserve)",
-     lambda r: r["fchain3_c32"]["rps"], "{:,.0f}"),
-    ("per hop between function nodes, p50 ms (dagserve)", lambda r: r["fper_hop_p50_ms"],
-     "{:.3f}"),
-    ("whole server with the 3 function nodes: PSS MiB (dagserve)",
-     lambda r: r["memory_fchain3"]["pss_mib"], "{:.0f}"),
+    *(row for app, hop, what in ONE_CALL_CHAINS for row in (
+        (f"3-node chain of {what}, 32 connections: req/s (dagserve)",
+         lambda r, app=app: r[f"{app}3_c32"]["rps"], "{:,.0f}"),
+        (f"per hop between {what}, p50 ms (dagserve)", lambda r, hop=hop: r[hop], "{:.3f}"),
+        (f"whole server with the 3-node chain of {what}: PSS MiB (dagserve)",
+         lambda r, app=app: r[f"memory_{app}3"]["pss_mib"], "{:.0f}"))),
     ("errors (all runs)", lambda r: sum(r[k]["errors"] for k in RUNS if k in r), "{}"),
     ("process start to first echo answer, s", lambda r: r["first_echo_s"], "{:.2f}"),
     ("load average (1 min) from start to end, per round", lambda r: r["load_1min"], "{}"),
@@ -276,11 +286,12 @@ def goals(ours: dict, triton: dict) -> list[dict]:
         met = ratio >= bound if higher_is_better else ratio <= bound
         return {"goal": name, "dagserve": a, "triton": b, "ratio": ratio, "unit": unit,
                 "bound": (">= " if higher_is_better else "<= ") + f"{bound:g}x", "met": met}
-    function_chains = [] if "fchain3_c32" not in ours else [
-        goal("3-node chain of function nodes (32 conn.) >= 1.5x Triton's ensemble",
-             ours["fchain3_c32"]["rps"], triton["chain3_c32"]["rps"], 1.5, True, "req/s"),
-        goal("per hop between function nodes (p50) <= Triton's", ours["fper_hop_p50_ms"],
-             triton["per_hop_p50_ms"], 1.0, False, "ms")]
+    one_call_chains = [g for app, hop, what in ONE_CALL_CHAINS if f"{app}3_c32" in ours
+                       for g in (
+        goal(f"3-node chain of {what} (32 conn.) >= 1.5x Triton's ensemble",
+             ours[f"{app}3_c32"]["rps"], triton["chain3_c32"]["rps"], 1.5, True, "req/s"),
+        goal(f"per hop between {what} (p50) <= Triton's", ours[hop],
+             triton["per_hop_p50_ms"], 1.0, False, "ms"))]
     return [
         goal("single model (echo, 32 conn.) >= Triton's req/s", ours["echo_c32"]["rps"],
              triton["echo_c32"]["rps"], 1.0, True, "req/s"),
@@ -290,7 +301,7 @@ def goals(ours: dict, triton: dict) -> list[dict]:
              1.0, False, "ms"),
         goal("echo model's whole server within 2x Triton's PSS", ours["memory_echo"]["pss_mib"],
              triton["memory_echo"]["pss_mib"], 2.0, False, "MiB"),
-    ] + function_chains
+    ] + one_call_chains
 
 
 def _by_process(memory: dict) -> str:
