@@ -15,7 +15,7 @@ import requests
 
 from dagserve.engine.node_groups import _apart_where_names_clash, sibling_modules
 from dagserve.workflows import SpecError, load_spec
-from server_utils import (build_mar, build_war, pid_alive, serving_workflows, wait_until,
+from server_utils import (FAILING_INIT_HANDLER, build_mar, build_war, pid_alive, serving_workflows, wait_until,
                           worker_pids)
 
 # Every model's handler file is handler.py; each says which model it is from its own
@@ -75,6 +75,15 @@ SPECS = {
           one: [two]
           two: [up]
     """,
+    "broken": """
+        models:
+          up: {url: up.mar}
+          refuses: {url: refuses.mar}
+        workflow:
+          share-workers: true
+        dag:
+          up: [refuses]
+    """,
     "configured": """
         models:
           up: {url: up.mar}
@@ -96,9 +105,10 @@ def server(tmp_path_factory):
     for name in ("one", "two"):  # both bring a model.py
         _model(models, name, "model")
     _model(models, "tuned", "label_tuned", config_yaml="responseTimeout: 77\n")
+    build_mar(models, "refuses", FAILING_INIT_HANDLER)
     for name, spec in SPECS.items():
         build_war(wars, name, textwrap.dedent(spec))
-    with serving_workflows(work, models, wars, SPECS) as srv:
+    with serving_workflows(work, models, wars, [n for n in SPECS if n != "broken"]) as srv:
         yield srv
 
 
@@ -173,6 +183,21 @@ def test_unregistering_stops_the_shared_worker_and_removes_every_model(server):
     assert _unpacked(server, "down") == before  # each model's own files are gone
     r = requests.post(f"{server.inference_url}/wfpredict/together", data=b"x", timeout=30)
     assert r.status_code == 200  # the other registration of the same archive is untouched
+
+
+def test_a_model_that_fails_to_load_fails_the_registration_and_leaves_nothing(server):
+    before = _unpacked(server, "up")
+    r = requests.post(server.management_url + "/workflows", params={"url": "broken.war"},
+                      timeout=120)
+    assert r.status_code == 500, r.text
+    assert "broken__refuses" in r.json()["message"]
+    assert "this model refuses to load" in r.json()["message"]
+    names = [m["modelName"] for m in requests.get(f"{server.management_url}/models",
+                                                  timeout=10).json()["models"]]
+    assert not [n for n in names if n.startswith("broken__")]
+    assert _unpacked(server, "up") == before and _unpacked(server, "refuses") == 0
+    r = requests.post(f"{server.inference_url}/wfpredict/together", data=b"x", timeout=30)
+    assert r.status_code == 200  # the other workflows serve on
 
 
 def test_share_workers_must_be_a_boolean():

@@ -79,8 +79,11 @@ def load_service(config: ServiceConfig) -> "Service | NodeGroupService":
     services = {}
     for node, (model_name, handler, member_dir) in config.group.items():
         directory = Path(member_dir).resolve() if member_dir else model_dir
-        services[node] = _load_one(config, directory, handler, model_name,
-                                   config.config_file if directory == model_dir else None)
+        try:
+            services[node] = _load_one(config, directory, handler, model_name,
+                                       config.config_file if directory == model_dir else None)
+        except Exception as exc:  # the worker's load error names which of its models failed
+            raise RuntimeError(f"{model_name}: {type(exc).__name__}: {exc}") from exc
     return NodeGroupService(services)
 
 
