@@ -4,7 +4,8 @@
 ``false``), each time with the echo model alone (the whole server's memory is read once it
 settles: the goal of issue 16 is its PSS within 2x Triton's), then the example CNN at 1 then
 3 workers and a 3-node echo workflow, then each example workflow that ``make examples``
-built (``wf_store/*.war`` with the ``.mar`` files of ``model_store/``) in turn, and reads every
+built (``wf_store/*.war`` with the ``.mar`` files of ``model_store/``) in turn, and the
+3-node echo workflow again without and with ``workflow: share-workers: true``, and reads every
 process's RSS, PSS and USS (private pages) from ``/proc/<pid>/smaps_rollup``. PSS splits shared pages between the processes sharing them;
 USS is what a process alone costs, i.e. what one more worker adds. Prints a Markdown table
 and writes ``benchmarks/out/memory.json``.
@@ -20,7 +21,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .artifacts import build_artifacts, sample_image
+from .artifacts import build_artifacts, build_shared_model_wars, sample_image
 from .procstats import process_tree
 from .servers import Ports, ServerProcess, dagserve_command, free_ports, write_config
 
@@ -182,7 +183,8 @@ def run_mode(fork_server: bool, work: Path) -> dict:
             raise SystemExit(f"chain3: {reply.message()}")
         server.wait_first_inference("/wfpredict/chain3", b"x" * 1024)
         roles = classify(server.pid)
-        examples = measure_examples(server, wars)
+        chains = [art.chains[3], build_shared_model_wars(art)["schain3"]]
+        examples = measure_examples(server, wars + chains)
         return {
             "examples": examples,
             "fork_server": fork_server,
@@ -225,7 +227,7 @@ def table(results: list[dict]) -> str:
     rows.append("| start to first inference (echo), s | " + " | ".join(
         f"{r['startup_to_first_inference_s']:.2f}" for r in results) + " |")
     for i, example in enumerate(results[0].get("examples", [])):
-        rows.append(f"| + example workflow `{example['workflow']}`: workers added, RSS / PSS "
+        rows.append(f"| + workflow `{example['workflow']}`: workers added, RSS / PSS "
                     f"/ USS added | " + " | ".join(_example_cell(r["examples"][i])
                                                    for r in results) + " |")
     return "\n".join(rows)
