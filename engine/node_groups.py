@@ -4,9 +4,10 @@ Function nodes of one workflow whose worker settings are the same (batch size, b
 minimum and maximum workers) form a group served by one pool of workers
 (``handler/node_group.py`` on the worker's side): one Python process per worker for the
 whole group instead of one per node. With ``workflow: share-workers: true`` the workflow's
-own model nodes do too, when their settings, their archives' model config and their own
-``config.properties`` entries are the same and the modules next to their handlers do not
-have the same names (one process cannot import two ``model.py`` files as ``model``).
+own model nodes join them, when their settings, their archives' model config (none, to join
+function nodes) and their own ``config.properties`` entries are the same and the modules
+next to their handlers do not have the same names (one process cannot import two
+``model.py`` files as ``model``).
 Each node is still a model of its own,
 ``<workflow>__<node>``, as in TorchServe (listed, described, with its own metrics and
 traces): the first node's model owns the group's workers and queue, and every node's model
@@ -37,22 +38,24 @@ def settings_key(settings: Any) -> tuple:
 def node_groups(compiled: Any, nodes: list[str],
                 own_config: Callable[[str], Any] = lambda node: None,
                 model_key: Callable[[str], Any] | None = None,
-                modules: Callable[[str], set[str]] = lambda node: set()) -> list[list[str]]:
+                modules: Callable[[str], dict[str, Path]] = lambda node: {}) -> list[list[str]]:
     """The nodes among ``nodes`` (in order) that share workers, grouped by their settings; a
     group of one node keeps a worker of its own, as before.
 
     ``own_config(node)``: what else sets up the node's model (its entry in config.properties'
     ``models``: batch size, workers, Ray placement), which must be the same too. Function
     nodes always group; model nodes only with ``model_key`` (``share-workers``), which says
-    what else must be the same (the archive's model config), or None for a node that keeps
-    its own workers. ``modules(node)``: the names a model node's files would import under
-    (besides its handler), which no other model of its group may have."""
+    what else must be the same (the archive's model config: a function node's is empty), or
+    None for a node that keeps its own workers; then function nodes and models group
+    together. ``modules(node)``: the names a node's files would import under (besides its
+    handler), each with its directory: no node of the group may bring another file of the
+    same name."""
     groups: dict[tuple, list[str]] = {}
     for node in nodes:
         kind = compiled.graph.nodes[node]["kind"]
-        if kind == "function":
+        if kind == "function" and model_key is None:
             extra: Any = "function"
-        elif kind == "model" and model_key is not None:
+        elif kind in ("function", "model") and model_key is not None:
             extra = model_key(node)
             if extra is None:
                 continue
@@ -69,35 +72,36 @@ def node_groups(compiled: Any, nodes: list[str],
 
 
 def _apart_where_names_clash(group: list[str],
-                             modules: Callable[[str], set[str]]) -> list[list[str]]:
-    """``group`` split so that no two nodes of a part import modules of the same name."""
-    parts: list[tuple[list[str], set[str]]] = []
+                             modules: Callable[[str], dict[str, Path]]) -> list[list[str]]:
+    """``group`` split so that no two nodes of a part import different files under one
+    name (the function nodes of a workflow share their directory: no clash)."""
+    parts: list[tuple[list[str], dict[str, Path]]] = []
     for node in group:
         names = modules(node)
         for members, taken in parts:
-            if not names & taken:
+            if all(taken.get(name, where) == where for name, where in names.items()):
                 members.append(node)
-                taken |= names
+                taken.update(names)
                 break
         else:
-            parts.append(([node], set(names)))
+            parts.append(([node], dict(names)))
     return [members for members, _ in parts]
 
 
-def sibling_modules(model_dir: Path, handler_module: str) -> set[str]:
+def sibling_modules(model_dir: Path, handler_module: str) -> dict[str, Path]:
     """The names a model's own files import under, its handler's module aside (a worker
     loads each handler from its own directory, whatever its name; see
-    handler/node_group.py)."""
-    names = set()
+    handler/node_group.py), each with ``model_dir``."""
+    names = {}
     try:
         for path in model_dir.iterdir():
             if path.suffix == ".py":
-                names.add(path.stem)
+                names[path.stem] = model_dir
             elif path.is_dir() and (path / "__init__.py").is_file():
-                names.add(path.name)
+                names[path.name] = model_dir
     except OSError:
         pass
-    names.discard(handler_module)
+    names.pop(handler_module, None)
     return names
 
 

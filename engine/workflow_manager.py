@@ -101,7 +101,7 @@ class WorkflowManager:
             owned = [n for n in compiled.topo_order if n not in compiled.shared]
             unpacked = await self._unpack_for_sharing(compiled, owned)
             groups = node_groups(compiled, owned, self._own_config(name),
-                                 *_model_sharing(unpacked))
+                                 *_model_sharing(compiled, unpacked, wf_dir, manifest.handler))
             nodes = await self._start_nodes(name, compiled, owned, groups, wf_dir,
                                             manifest.handler, version, response_timeout,
                                             unpacked)
@@ -184,7 +184,7 @@ class WorkflowManager:
                                 version=version,
                                 group=None if group is None else
                                 {n: [node_model_name(name, n), member_handler(n),
-                                     str(unpacked[n][0]) if n in unpacked else ""]
+                                     str(unpacked[n][0] if n in unpacked else wf_dir)]
                                  for n in group})
             if node in unpacked:
                 mv = await self.models.register_unpacked(compiled.models[node].url,
@@ -199,7 +199,8 @@ class WorkflowManager:
                     manifest={}, owns_dir=False)
             started[node] = mv
             for other in group[1:] if group else ():
-                own = {}
+                own = dict(url=f"{name}:{other}", model_dir=wf_dir, manifest={},
+                           runtime="python", owns_dir=False)  # a function node's
                 if other in unpacked:
                     model_dir, manifest = unpacked[other]
                     own = dict(url=compiled.models[other].url, model_dir=model_dir,
@@ -313,26 +314,30 @@ class WorkflowManager:
                 "workflowDag": entry.compiled.to_json(), "nodes": nodes}
 
 
-def _model_sharing(unpacked: dict) -> tuple:
-    """``node_groups``' ``model_key`` and ``modules`` for the model nodes in ``unpacked``:
-    models share workers when their archives' model config and runtime are the same, and
-    their files (handlers aside) have different names."""
+def _model_sharing(compiled: CompiledWorkflow, unpacked: dict, wf_dir: Path,
+                   wf_handler: str) -> tuple:
+    """``node_groups``' ``model_key`` and ``modules`` with ``share-workers`` (the model nodes
+    in ``unpacked``, and the function nodes): nodes share workers when their archives' model
+    config (a function node: none) and runtime are the same, and their files (handlers
+    aside) have different names. Without it (nothing unpacked): function nodes only."""
 
     def model_key(node: str):
+        if compiled.graph.nodes[node]["kind"] == "function":
+            return [{}, "python"]
         if node not in unpacked:
             return None
         model_dir, manifest = unpacked[node]
         return [archive_config(model_dir, manifest.to_dict()), manifest.runtime]
 
     def modules(node: str) -> set[str]:
-        if node not in unpacked:
-            return set()
-        model_dir, manifest = unpacked[node]
+        directory, handler = wf_dir, wf_handler
+        if node in unpacked:
+            directory, handler = unpacked[node][0], unpacked[node][1].handler or ""
         try:
-            handler_module = parse_handler(manifest.handler or "").module
+            handler_module = parse_handler(handler).module
         except ValueError:
             handler_module = ""
-        return sibling_modules(model_dir, handler_module)
+        return sibling_modules(directory, handler_module)
 
     return (model_key if unpacked else None), modules
 

@@ -38,6 +38,25 @@ HANDLER = textwrap.dedent('''
 ''')
 
 
+# The workflows' own functions (TorchServe's function nodes)
+WORKFLOW_HANDLER = textwrap.dedent('''
+    import os
+
+
+    def _text(row):
+        value = row.get("body", row.get("data"))
+        return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+    def pre(data, context):
+        return None if data is None else [f"pre({_text(row)})" for row in data]
+
+
+    def post(data, context):
+        return None if data is None else [f"post[{os.getpid()}]({_text(row)})" for row in data]
+''')
+
+
 def _model(store: Path, name: str, helper: str, config_yaml: str | None = None) -> None:
     build_mar(store, name, HANDLER.format(helper=helper),
               extra_files={f"{helper}.py": f"LABEL = {name!r}\n"}, config_yaml=config_yaml)
@@ -56,6 +75,17 @@ SPECS = {
         dag:
           up: [mid]
           mid: [down]
+    """,
+    "whole": """
+        models:
+          up: {url: up.mar}
+          mid: {url: mid.mar}
+        workflow:
+          share-workers: true
+        dag:
+          pre: [up]
+          up: [mid]
+          mid: [post]
     """,
     "apart": """
         models:
@@ -107,7 +137,7 @@ def server(tmp_path_factory):
     _model(models, "tuned", "label_tuned", config_yaml="responseTimeout: 77\n")
     build_mar(models, "refuses", FAILING_INIT_HANDLER)
     for name, spec in SPECS.items():
-        build_war(wars, name, textwrap.dedent(spec))
+        build_war(wars, name, textwrap.dedent(spec), WORKFLOW_HANDLER)
     with serving_workflows(work, models, wars, [n for n in SPECS if n != "broken"]) as srv:
         yield srv
 
@@ -119,6 +149,21 @@ def test_the_model_nodes_share_one_worker_and_keep_their_own_handlers(server):
     r = requests.post(f"{server.inference_url}/wfpredict/together", data=b"x", timeout=30)
     assert r.status_code == 200, r.text
     assert r.text == f"down[{pid}](mid[{pid}](up[{pid}](x)))"
+
+
+def test_function_and_model_nodes_share_one_worker_and_one_call(server):
+    pids = [worker_pids(server, f"whole__{node}") for node in ("pre", "up", "mid", "post")]
+    assert len(pids[0]) == 1 and all(p == pids[0] for p in pids)
+    (pid,) = pids[0]
+    r = requests.post(f"{server.inference_url}/wfpredict/whole?trace=true", data=b"w",
+                      timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.text == f"post[{pid}](mid[{pid}](up[{pid}](pre(w))))"
+    trace = requests.get(f"{server.management_url}/workflows/whole/traces/"
+                         f"{r.headers['X-Dagserve-Trace-Id']}", timeout=10).json()
+    attempts = {n["node"]: n["attempts"] for n in trace["nodes"]}
+    assert all(len(attempts[n]) == 1 and attempts[n][0]["code"] == 200
+               for n in ("pre", "up", "mid", "post"))
 
 
 def test_a_shared_model_still_answers_predictions_on_its_own(server):
@@ -207,12 +252,16 @@ def test_share_workers_must_be_a_boolean():
 
 
 def test_models_with_files_of_the_same_name_are_put_apart(tmp_path):
-    files = {"a": {"model"}, "b": {"model"}, "c": {"tools"}, "d": {"model", "tools"}}
-    assert _apart_where_names_clash(list(files), files.__getitem__) == [["a", "c"], ["b"],
-                                                                        ["d"]]
+    a, b, c, d, wf = (Path(f"/models/{n}") for n in ("a", "b", "c", "d", "wf"))
+    files = {"a": {"model": a}, "b": {"model": b}, "c": {"tools": c},
+             "d": {"model": d, "tools": d},
+             # two function nodes: the same file of the workflow's directory is no clash
+             "f1": {"helpers": wf}, "f2": {"helpers": wf}}
+    assert _apart_where_names_clash(list(files), files.__getitem__) == [
+        ["a", "c", "f1", "f2"], ["b"], ["d"]]
     (tmp_path / "handler.py").write_text("")
     (tmp_path / "model.py").write_text("")
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "weights").mkdir()
-    assert sibling_modules(tmp_path, "handler") == {"model", "pkg"}
+    assert sibling_modules(tmp_path, "handler") == {"model": tmp_path, "pkg": tmp_path}
