@@ -299,9 +299,13 @@ class WorkflowManager:
 
     def _describe_one(self, entry: WorkflowEntry) -> dict:
         g = entry.compiled.global_settings
+        owners = {id(mv.pool): mv.name for mv in entry.node_models.values() if mv.owns_workers}
         nodes = {node: {"model": mv.name, "version": mv.version,
                         "workers": mv.pool.ready_count}
                  for node, mv in entry.node_models.items()}
+        for node, mv in entry.node_models.items():  # a node group's (node_groups.py)
+            if not mv.owns_workers:
+                nodes[node]["sharesWorkersOf"] = owners.get(id(mv.pool))
         nodes.update({node: {"model": mv.name, "version": mv.version, "shared": True,
                              "workers": mv.pool.ready_count}
                       for node, mv in entry.shared.items()})

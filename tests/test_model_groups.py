@@ -206,6 +206,9 @@ def test_a_model_with_another_model_config_keeps_apart(server):
 def test_describe_says_the_workflow_shares_workers(server):
     desc = requests.get(f"{server.management_url}/workflows/together", timeout=10).json()
     assert desc[0]["workflowDag"]["shareWorkers"] is True
+    nodes = desc[0]["nodes"]
+    assert "sharesWorkersOf" not in nodes["up"]
+    assert nodes["mid"]["sharesWorkersOf"] == nodes["down"]["sharesWorkersOf"] == "together__up"
 
 
 def _unpacked(server, model: str) -> int:
