@@ -37,6 +37,18 @@ from .messages import Param, Request, Response
 
 BACKOFF_BASE_S = 0.05
 BACKOFF_MAX_S = 2.0
+FUSED_SLACK_MIN_S = 1.0
+
+
+def fused_call_limit_s(nodes) -> float:
+    """The frontend's time limit for one worker call running several nodes. The worker
+    keeps each node's own limit, counted from when the node starts; the frontend's timer
+    starts at submission, before the call's queue wait and the nodes before. At the sum of
+    the limits it would fire first whenever the call waited (under load, or for a worker
+    still starting) and fail the head node for a later node's time; so it waits the sum
+    again, and at least a second more: it is there for a worker that never answers."""
+    total = sum(node.timeout_s for node in nodes)
+    return total + max(FUSED_SLACK_MIN_S, total)
 
 
 class NodeTarget(Protocol):
@@ -106,8 +118,8 @@ class Plan:
 
 def segment_names(nodes) -> str:
     """The nodes of one worker call with their time limits, ``a:0.3,b:1``: the worker keeps
-    each node's limit (handler/node_group.py); the frontend's timer, at their sum, is a
-    safety net for a worker that does not answer at all."""
+    each node's limit (handler/node_group.py); the frontend's timer is a safety net for a
+    worker that does not answer at all (``fused_call_limit_s``)."""
     return ",".join(f"{node.name}:{node.timeout_s:g}" for node in nodes)
 
 
@@ -183,7 +195,7 @@ async def call_node(plan: NodePlan, target, request: Request, params: list[Param
     timeout_s = plan.timeout_s
     names = None
     if fused:
-        timeout_s += sum(node.timeout_s for node in fused)
+        timeout_s = fused_call_limit_s((plan, *fused))
         # a head's whole call is named once, at registration; a retry from a later node of
         # the call (which is never a head itself) names what is left
         names = plan.call_names or segment_names((plan, *fused))

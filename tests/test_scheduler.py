@@ -209,3 +209,29 @@ def test_a_chain_counts_every_attempt_of_every_node():
     b = targets["b"].stats
     assert (b.requests, b.status_5xx, b.status_2xx, b.retried) == (2, 1, 1, 1)
     assert targets["c"].stats.status_2xx == 1
+
+
+def test_a_fused_call_that_waited_fails_the_node_the_worker_stopped_not_its_head():
+    """The worker keeps each fused node's own limit from when the node starts; the
+    frontend's timer starts at submission. A call that waited longer than the sum of the
+    limits (a loaded machine, a worker still starting) must still be answered by the worker,
+    which names the node that ran too long (scheduler.fused_call_limit_s)."""
+    from dagserve.engine.scheduler import fused_call_limit_s
+
+    class SlowToAnswer:
+        def submit(self, request: Request, probe=None, nodes=None) -> asyncio.Future:
+            assert nodes == "head:0.1,tail:0.1"
+            fut = asyncio.get_running_loop().create_future()
+            # 0.35 s after submission (more than 0.1 + 0.1): the tail ran past its own limit
+            answer = Response(request.id, 504, b"head's output", None, {},
+                              "timed out after 100 ms", 0.1, [200, 1000, 13, 504, 100000, 0])
+            asyncio.get_running_loop().call_later(0.35, fut.set_result, answer)
+            return fut
+
+    tail = NodePlan("tail", ("head",), (), 0.1, 0)
+    head = NodePlan("head", (), ("tail",), 0.1, 0, fused=(tail,), call_names="head:0.1,tail:0.1")
+    targets = {"head": Target(SlowToAnswer()), "tail": Target(SlowToAnswer())}
+    with pytest.raises(NodeFailed) as failed:
+        run(Plan("head", ("tail",), {"head": head, "tail": tail}), targets)
+    assert failed.value.node == "tail" and "timed out after 100 ms" in failed.value.reason
+    assert fused_call_limit_s((head, tail)) == pytest.approx(1.2)  # a worker that never answers
