@@ -92,6 +92,9 @@ def test_models_survive_sigkill_and_ncs_skips_the_restore(tmp_path, store):
     if workflows:
         build_war(store, "chain", "models:\n  first:\n    url: echo.mar\n"
                                   "  second:\n    url: echo.mar\ndag:\n  first: [second]\n")
+        build_war(store, "shared_chain", "models:\n  first:\n    url: echo.mar\n"
+                                         "  second:\n    url: echo.mar\ndag:\n  first: [second]\n"
+                                         "workflow:\n  share-workers: true\n")
     first = start_server(tmp_path, model_store=store, args=ARGS)
     try:
         mgmt = first.management_url
@@ -105,8 +108,9 @@ def test_models_survive_sigkill_and_ncs_skips_the_restore(tmp_path, store):
                                                       "handler": "handler:handle"}
                     ).status_code == 200
         if workflows:
-            resp = call("POST", mgmt + "/workflows", params={"url": "chain.war"})
-            assert resp.status_code == 200, resp.text
+            for war in ("chain.war", "shared_chain.war"):
+                resp = call("POST", mgmt + "/workflows", params={"url": war})
+                assert resp.status_code == 200, resp.text
         resp = call("PUT", mgmt + "/models/spare",
                     params={"min_worker": 1, "max_worker": 2, "synchronous": "true"})
         assert resp.status_code == 200, resp.text
@@ -139,6 +143,11 @@ def test_models_survive_sigkill_and_ncs_skips_the_restore(tmp_path, store):
         if workflows:
             resp = call("POST", second.inference_url + "/wfpredict/chain", data=b"flow")
             assert resp.status_code == 200 and resp.content == b"flow"
+            resp = call("POST", second.inference_url + "/wfpredict/shared_chain", data=b"one")
+            assert resp.status_code == 200 and resp.content == b"one"
+            pids = [{w["pid"] for w in describe(second, f"/models/shared_chain__{n}")[0]
+                     ["workers"]} for n in ("first", "second")]
+            assert len(pids[0]) == 1 and pids[0] == pids[1]  # restored sharing one worker
     finally:
         assert second.stop() == 0
     names = snapshot_files(tmp_path)
