@@ -326,6 +326,25 @@ def add_per_hop(result: ScenarioResult) -> None:
 # ---- (d) chain throughput -------------------------------------------------------------------
 
 CHAIN_CONNECTIONS = 32
+CHAIN_PAIRS = 3  # chain, node, chain, node, ...: one ratio per pair, their mean is the figure
+
+
+def chain_against_node(result: ScenarioResult, server: ServerProcess, chain: Deployment,
+                       node: Deployment, labels: tuple[str, str], budget: Budget,
+                       log: Callable[[str], None], quick: bool) -> None:
+    """Both deployed at once, then run in alternating pairs, so that a slow moment of a
+    shared machine lands on both sides: ``extra["chain_node_ratios"]``, one per pair."""
+    ratios = []
+    with deployed(server, chain) as first_chain, deployed(server, node) as first_node:
+        for pair in range(1 if quick else CHAIN_PAIRS):
+            rows = [_run_row(result, server, dep, CHAIN_CONNECTIONS, budget,
+                             f"{label}, c={CHAIN_CONNECTIONS}" + (f" #{pair + 1}" if pair else ""),
+                             {"what": what, "pair": pair + 1}, first if not pair else None, log)
+                    for dep, label, what, first in ((chain, labels[0], "chain", first_chain),
+                                                    (node, labels[1], "node", first_node))]
+            if rows[1].load.ok_rps:
+                ratios.append(rows[0].load.ok_rps / rows[1].load.ok_rps)
+    result.extra["chain_node_ratios"] = ratios
 
 
 def scenario_chain(server: ServerProcess, art: BenchArtifacts, budget: Budget,
@@ -334,15 +353,10 @@ def scenario_chain(server: ServerProcess, art: BenchArtifacts, budget: Budget,
     chain = Deployment("workflow", "chain3_batched", art.chain_batched, batch_size=8)
     node = Deployment("model", "echo_node_b8", art.echo_mar, batch_size=8)
     try:
-        with deployed(server, chain) as first:
-            _run_row(result, server, chain, CHAIN_CONNECTIONS, budget,
-                     f"chain of 3, batch 8, c={CHAIN_CONNECTIONS}", {"what": "chain"}, first, log)
+        chain_against_node(result, server, chain, node,
+                           ("chain of 3, batch 8", "its node alone, batch 8"), budget, log, quick)
     except Unsupported as exc:
         result.skipped = str(exc)
-        return result
-    with deployed(server, node) as first:
-        _run_row(result, server, node, CHAIN_CONNECTIONS, budget,
-                 f"its node alone, batch 8, c={CHAIN_CONNECTIONS}", {"what": "node"}, first, log)
     return result
 
 
