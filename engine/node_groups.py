@@ -91,13 +91,15 @@ def _apart_where_names_clash(group: list[str],
 def sibling_modules(model_dir: Path, handler_module: str) -> dict[str, Path]:
     """The names a model's own files import under, its handler's module aside (a worker
     loads each handler from its own directory, whatever its name; see
-    handler/node_group.py), each with ``model_dir``."""
+    handler/node_group.py), each with ``model_dir``: Python files, compiled extensions and
+    folders holding Python files (packages, and namespace packages, which Python would
+    merge across two models' directories)."""
     names = {}
     try:
         for path in model_dir.iterdir():
-            if path.suffix == ".py":
-                names[path.stem] = model_dir
-            elif path.is_dir() and (path / "__init__.py").is_file():
+            if path.suffix in (".py", ".so", ".pyd") and path.is_file():
+                names[path.name.split(".")[0]] = model_dir
+            elif path.is_dir() and any(path.glob("*.py")):
                 names[path.name] = model_dir
     except OSError:
         pass

@@ -267,4 +267,9 @@ def test_models_with_files_of_the_same_name_are_put_apart(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "weights").mkdir()
-    assert sibling_modules(tmp_path, "handler") == {"model": tmp_path, "pkg": tmp_path}
+    (tmp_path / "weights" / "w.pt").write_bytes(b"")
+    (tmp_path / "utils").mkdir()  # a namespace package: two of them would merge
+    (tmp_path / "utils" / "io.py").write_text("")
+    (tmp_path / "fast.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert sibling_modules(tmp_path, "handler") == {
+        "model": tmp_path, "pkg": tmp_path, "utils": tmp_path, "fast": tmp_path}
