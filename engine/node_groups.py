@@ -38,7 +38,8 @@ def settings_key(settings: Any) -> tuple:
 def node_groups(compiled: Any, nodes: list[str],
                 own_config: Callable[[str], Any] = lambda node: None,
                 model_key: Callable[[str], Any] | None = None,
-                modules: Callable[[str], dict[str, Path]] = lambda node: {}) -> list[list[str]]:
+                modules: Callable[[str], dict[str, tuple[Path, bool]]] = lambda node: {}
+                ) -> list[list[str]]:
     """The nodes among ``nodes`` (in order) that share workers, grouped by their settings; a
     group of one node keeps a worker of its own, as before.
 
@@ -47,9 +48,9 @@ def node_groups(compiled: Any, nodes: list[str],
     nodes always group; model nodes only with ``model_key`` (``share-workers``), which says
     what else must be the same (the archive's model config: a function node's is empty), or
     None for a node that keeps its own workers; then function nodes and models group
-    together. ``modules(node)``: the names a node's files would import under (besides its
-    handler), each with its directory: no node of the group may bring another file of the
-    same name."""
+    together. ``modules(node)``: the names a node's files would import under, each with its
+    directory and whether it is the node's handler (``sibling_modules``): no node of the
+    group may bring another file of the same name, unless both are handlers."""
     groups: dict[tuple, list[str]] = {}
     for node in nodes:
         kind = compiled.graph.nodes[node]["kind"]
@@ -72,14 +73,19 @@ def node_groups(compiled: Any, nodes: list[str],
 
 
 def _apart_where_names_clash(group: list[str],
-                             modules: Callable[[str], dict[str, Path]]) -> list[list[str]]:
+                             modules: Callable[[str], dict[str, tuple[Path, bool]]]
+                             ) -> list[list[str]]:
     """``group`` split so that no two nodes of a part import different files under one
-    name (the function nodes of a workflow share their directory: no clash)."""
-    parts: list[tuple[list[str], dict[str, Path]]] = []
+    name. The function nodes of a workflow share their directory: no clash. Two handlers
+    of one name are none either: the worker loads each from its own directory
+    (``handler/util.import_from_dir``); a handler and another model's helper of one name
+    are."""
+    parts: list[tuple[list[str], dict[str, tuple[Path, bool]]]] = []
     for node in group:
         names = modules(node)
         for members, taken in parts:
-            if all(taken.get(name, where) == where for name, where in names.items()):
+            if not any(name in taken and _clash(taken[name], mine)
+                       for name, mine in names.items()):
                 members.append(node)
                 taken.update(names)
                 break
@@ -88,22 +94,27 @@ def _apart_where_names_clash(group: list[str],
     return [members for members, _ in parts]
 
 
-def sibling_modules(model_dir: Path, handler_module: str) -> dict[str, Path]:
-    """The names a model's own files import under, its handler's module aside (a worker
-    loads each handler from its own directory, whatever its name; see
-    handler/node_group.py), each with ``model_dir``: Python files, compiled extensions and
-    folders holding Python files (packages, and namespace packages, which Python would
-    merge across two models' directories)."""
+def _clash(a: tuple[Path, bool], b: tuple[Path, bool]) -> bool:
+    return a[0] != b[0] and not (a[1] and b[1])
+
+
+def sibling_modules(model_dir: Path, handler_module: str) -> dict[str, tuple[Path, bool]]:
+    """The names a model's own files import under, each with ``model_dir`` and whether it
+    is the handler's module: Python files, compiled extensions and folders holding Python
+    files (packages, and namespace packages, which Python would merge across two models'
+    directories)."""
     names = {}
     try:
         for path in model_dir.iterdir():
             if path.suffix in (".py", ".so", ".pyd") and path.is_file():
-                names[path.name.split(".")[0]] = model_dir
+                name = path.name.split(".")[0]
             elif path.is_dir() and any(path.glob("*.py")):
-                names[path.name] = model_dir
+                name = path.name
+            else:
+                continue
+            names[name] = (model_dir, name == handler_module)
     except OSError:
         pass
-    names.pop(handler_module, None)
     return names
 
 

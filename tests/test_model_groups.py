@@ -255,13 +255,17 @@ def test_share_workers_must_be_a_boolean():
 
 
 def test_models_with_files_of_the_same_name_are_put_apart(tmp_path):
-    a, b, c, d, wf = (Path(f"/models/{n}") for n in ("a", "b", "c", "d", "wf"))
-    files = {"a": {"model": a}, "b": {"model": b}, "c": {"tools": c},
-             "d": {"model": d, "tools": d},
+    a, b, c, d, e, wf = (Path(f"/models/{n}") for n in ("a", "b", "c", "d", "e", "wf"))
+    helper, handler = False, True
+    files = {"a": {"model": (a, helper), "handler": (a, handler)},
+             "b": {"model": (b, helper), "handler": (b, handler)},
+             "c": {"tools": (c, helper), "handler": (c, handler)},  # handler.py: no clash
+             "d": {"model": (d, helper), "tools": (d, helper)},
+             "e": {"tools": (e, handler)},  # its handler is another's helper's name
              # two function nodes: the same file of the workflow's directory is no clash
-             "f1": {"helpers": wf}, "f2": {"helpers": wf}}
+             "f1": {"helpers": (wf, helper)}, "f2": {"helpers": (wf, helper)}}
     assert _apart_where_names_clash(list(files), files.__getitem__) == [
-        ["a", "c", "f1", "f2"], ["b"], ["d"]]
+        ["a", "c", "f1", "f2"], ["b", "e"], ["d"]]
     (tmp_path / "handler.py").write_text("")
     (tmp_path / "model.py").write_text("")
     (tmp_path / "pkg").mkdir()
@@ -272,4 +276,5 @@ def test_models_with_files_of_the_same_name_are_put_apart(tmp_path):
     (tmp_path / "utils" / "io.py").write_text("")
     (tmp_path / "fast.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
     assert sibling_modules(tmp_path, "handler") == {
-        "model": tmp_path, "pkg": tmp_path, "utils": tmp_path, "fast": tmp_path}
+        "handler": (tmp_path, True), "model": (tmp_path, False), "pkg": (tmp_path, False),
+        "utils": (tmp_path, False), "fast": (tmp_path, False)}
