@@ -1,10 +1,12 @@
-"""The function nodes of one workflow in one worker process.
+"""Several nodes of one workflow in one worker process (engine/node_groups.py).
 
 A workflow's function nodes whose worker settings are the same (batch size, batch delay,
-workers) share one worker: it imports the workflow's handler file once and keeps one
-:class:`~.service.Service` per node, each with its own context (model name
-``<workflow>__<node>``, as TorchServe names a function node's model). Every request names the
-node to run (``Request.nodes``, which the frontend sets; handlers never see it).
+workers) share one worker, and so do its model nodes with ``workflow: share-workers: true``:
+it imports the workflow's handler file once, loads each model from its own unpacked archive,
+and keeps one :class:`~.service.Service` per node, each with its own context (model name
+``<workflow>__<node>``, as TorchServe names a node's model; a model's own directory,
+manifest and model config). Every request names the node to run (``Request.nodes``, which
+the frontend sets; handlers never see it).
 
 It may name several nodes, ``a:0.3,b:1,c:0.3`` (each with its ``timeout-ms`` in
 seconds): consecutive nodes of a chain (each the only child of the one before) run in this one
@@ -82,11 +84,11 @@ class _NodeTimer:
 
 
 class NodeGroupService:
-    """Serves batches for several function nodes (``services``: node name -> its Service)."""
+    """Serves batches for several nodes (``services``: node name -> its Service)."""
 
     def __init__(self, services: dict[str, Service]):
         if not services:
-            raise ValueError("a function group needs at least one node")
+            raise ValueError("a node group needs at least one node")
         self.services = services
         self.first = next(iter(services))  # a request that names no node (never sent)
         self._timer = _NodeTimer()
@@ -106,7 +108,7 @@ class NodeGroupService:
             steps = [_step(part) for part in names.split(",")]
             unknown = [n for n, _ in steps if n not in self.services]
             if unknown:
-                message = f"no function node {', '.join(unknown)} in this worker"
+                message = f"no node {', '.join(unknown)} in this worker"
                 for i in indexes:
                     out[i] = Response(requests[i].id, 500, b"", None, {}, message)
                 continue
