@@ -328,7 +328,7 @@ def _model_sharing(compiled: CompiledWorkflow, unpacked: dict, wf_dir: Path,
     def model_key(node: str):
         if compiled.graph.nodes[node]["kind"] == "function":
             return [{}, "python"]
-        if node not in unpacked:
+        if node not in unpacked or compiled.models[node].keeps_own_workers:
             return None
         model_dir, manifest = unpacked[node]
         return [archive_config(model_dir, manifest.to_dict()), manifest.runtime]

@@ -87,6 +87,17 @@ SPECS = {
           up: [mid]
           mid: [post]
     """,
+    "one_apart": """
+        models:
+          up: {url: up.mar}
+          mid: {url: mid.mar, share-workers: false}
+          down: {url: down.mar}
+        workflow:
+          share-workers: true
+        dag:
+          up: [mid]
+          mid: [down]
+    """,
     "apart": """
         models:
           up: {url: up.mar}
@@ -188,6 +199,17 @@ def test_each_shared_model_keeps_its_trace(server):
 
 def test_without_the_key_each_model_keeps_its_own_worker(server):
     assert worker_pids(server, "apart__up").isdisjoint(worker_pids(server, "apart__mid"))
+
+
+def test_a_model_that_says_share_workers_false_keeps_its_own(server):
+    up, mid, down = (worker_pids(server, f"one_apart__{n}") for n in ("up", "mid", "down"))
+    assert len(up) == 1 and up == down and mid.isdisjoint(up)
+    (shared,), (own,) = up, mid
+    r = requests.post(f"{server.inference_url}/wfpredict/one_apart", data=b"q", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.text == f"down[{shared}](mid[{own}](up[{shared}](q)))"
+    desc = requests.get(f"{server.management_url}/workflows/one_apart", timeout=10).json()
+    assert desc[0]["workflowDag"]["nodes"]["mid"]["shareWorkers"] is False
 
 
 def test_models_whose_files_share_a_name_keep_apart(server):

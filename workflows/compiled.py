@@ -52,6 +52,7 @@ class ModelSpec:
     settings: NodeSettings
     overrides: dict[str, int] = field(default_factory=dict)  # spec key -> value written
     line: int | None = None
+    keeps_own_workers: bool = False  # ``share-workers: false`` on the model
 
 
 REQUEST = "$request"  # an ``inputs`` source: the request as the start node saw it
@@ -151,6 +152,8 @@ class CompiledWorkflow:
                 entry["settings"] = attrs["settings"].to_json()
             if node in self.flows:
                 entry.update(self.flows[node].to_json())
+            if node in self.models and self.models[node].keeps_own_workers:
+                entry["shareWorkers"] = False
             nodes[node] = entry
         described: dict[str, Any] = {
             "name": self.name,

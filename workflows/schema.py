@@ -166,6 +166,9 @@ def _models_problems(err: ValidationError, doc: LocatedDocument,
     elif len(path) == 3 and path[2] == URL:
         yield doc.problem(path, "url must be a non-empty string (a file name in the model "
                                 f"store, or a URL), got {describe(err.instance)}", node=name)
+    elif len(path) == 3 and path[2] == "share-workers":
+        yield doc.problem(path, "share-workers must be true or false, got "
+                                f"{describe(err.instance)}", node=name)
     else:
         yield doc.problem(path, err.message, node=name)
 

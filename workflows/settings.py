@@ -74,6 +74,7 @@ def resolve(models_section: Any, doc: LocatedDocument) -> ResolvedSettings:
             settings=_node_settings(merged),
             overrides=dict(overrides),
             line=position[0] if position else None,
+            keeps_own_workers=value.get("share-workers") is False,
         )
     return result
 
