@@ -1,6 +1,6 @@
 """A fused call's trail turned into each node's metrics and trace.
 
-Function nodes that share a worker and follow each other in a chain run in one worker call
+Nodes that share a worker and follow each other in a chain run in one worker call
 (``node_groups.py``, ``handler/node_group.py``). The worker answers with a trail,
 ``code, microseconds, bytes out`` for every node that ran (a flat list), so each node still
 counts its own call (status and time) and, in a traced request, gets its own attempt, as if the

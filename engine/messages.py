@@ -24,7 +24,7 @@ class Request:
     id: str
     params: list[Param]
     headers: dict[str, str] = field(default_factory=dict)
-    # in a worker that serves several function nodes of one workflow
+    # in a worker that serves several nodes of one workflow
     # (handler/node_group.py): the node to run, or ``a:0.3,b:1`` (a chain in one call,
     # with each node's time limit in seconds)
     nodes: str | None = None
@@ -41,6 +41,6 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
     handler_s: float | None = None  # the worker's time for the batch it came in (traces)
-    # function nodes run in one worker call: code, microseconds, bytes out for each node
+    # nodes run in one worker call: code, microseconds, bytes out for each node
     # that ran, in order, as one flat list (handler/node_group.py)
     trail: list | None = None

@@ -94,12 +94,18 @@ def _uses_torch(model_dir: Path, manifest: dict, handler: str) -> bool:
 
 def _group_uses_torch(model_dir: Path, manifest: dict, handler: str,
                       group: dict[str, list[str]] | None) -> bool:
-    """``_uses_torch`` of the model, or of any model of its node group."""
+    """``_uses_torch`` of the model, or of any model of its node group (each directory and
+    handler module looked at once: a workflow's function nodes share both)."""
     if _uses_torch(model_dir, manifest, handler):
         return True
+    seen = {(model_dir, handler.partition(":")[0])}
     for _model, member_handler, member_dir in (group or {}).values():
-        if member_dir and _uses_torch(Path(member_dir), read_manifest_data(Path(member_dir)),
-                                      member_handler):
+        directory = Path(member_dir) if member_dir else model_dir
+        key = (directory, member_handler.partition(":")[0])
+        if key in seen:
+            continue
+        seen.add(key)
+        if _uses_torch(directory, read_manifest_data(directory), member_handler):
             return True
     return False
 
@@ -277,7 +283,7 @@ class ModelManager:
                                 f"unregister the workflow instead")
         self.registry.remove(mv.name, mv.version)
         try:
-            if mv.owns_workers:  # not a function node served by its group's workers
+            if mv.owns_workers:  # not a node served by its node group's workers
                 await mv.pool.close(grace_s=0 if force else self.cfg.unregister_model_timeout)
         finally:
             if mv.owns_dir:

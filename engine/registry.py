@@ -65,7 +65,7 @@ class ModelVersion:
     loaded_at_startup: bool = False
     owner: str | None = None  # the workflow a node model belongs to
     owns_dir: bool = True  # model_dir is deleted with the model (not for function nodes)
-    owns_workers: bool = True  # False: a function node served by its group's workers
+    owns_workers: bool = True  # False: a node served by its node group's workers
     ray: dict[str, Any] | None = None  # the registration's Ray placement options
     stats: ModelStats = field(default_factory=ModelStats)
     registered_at: float = field(default_factory=time.time)

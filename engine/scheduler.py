@@ -64,7 +64,7 @@ class NodePlan:
     children: tuple[str, ...]
     timeout_s: float
     retries: int
-    # the nodes after this one that run in its worker call (function nodes sharing a
+    # the nodes after this one that run in its worker call (nodes sharing a
     # worker, each the only child of the one before: node_groups.py, run_segment)
     fused: tuple["NodePlan", ...] = ()
     call_names: str = ""  # with fused nodes: what the worker call names (segment_names)

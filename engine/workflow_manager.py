@@ -256,7 +256,7 @@ class WorkflowManager:
             max(mv.max_workers if max_workers is None else max_workers,
                 mv.min_workers if min_workers is None else min_workers))
             for mv in owners))
-        for mv in entry.node_models.values():  # function nodes that share those workers
+        for mv in entry.node_models.values():  # nodes that share those workers
             if not mv.owns_workers:
                 first = next(o for o in owners if o.pool is mv.pool)
                 mv.min_workers, mv.max_workers = first.min_workers, first.max_workers
@@ -333,7 +333,7 @@ def _model_sharing(compiled: CompiledWorkflow, unpacked: dict, wf_dir: Path,
         model_dir, manifest = unpacked[node]
         return [archive_config(model_dir, manifest.to_dict()), manifest.runtime]
 
-    def modules(node: str) -> set[str]:
+    def modules(node: str) -> dict[str, tuple[Path, bool]]:
         directory, handler = wf_dir, wf_handler
         if node in unpacked:
             directory, handler = unpacked[node][0], unpacked[node][1].handler or ""

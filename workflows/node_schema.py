@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from jsonschema import ValidationError
 
 from .errors import Problem
-from .schema import NODES, _suggest, describe, node_keys, workflow_keys
+from .schema import (NODES, _suggest, describe, node_keys, share_workers_problem,
+                     workflow_keys)
 from .yaml_marks import LocatedDocument, Path
 
 _EXPRESSION_KEYS = ("when", "foreach")
@@ -78,7 +79,6 @@ def _workflow_problems(err: ValidationError, doc: LocatedDocument,
         yield doc.problem(path, f"deadline-ms must be an integer >= 1 (milliseconds), got "
                                 f"{describe(err.instance)}")
     elif path[1] == "share-workers":
-        yield doc.problem(path, f"share-workers must be true or false, got "
-                                f"{describe(err.instance)}")
+        yield doc.problem(path, share_workers_problem(err.instance))
     else:
         yield doc.problem(path, err.message)

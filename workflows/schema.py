@@ -100,6 +100,11 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def share_workers_problem(value: Any) -> str:
+    """``share-workers`` (under ``workflow:`` or on a model) that is not a boolean."""
+    return f"share-workers must be true or false, got {describe(value)}"
+
+
 def _setting_rule(sub: dict[str, Any]) -> str:
     return f"must be an integer >= {sub.get('minimum', 0)}"
 
@@ -167,8 +172,7 @@ def _models_problems(err: ValidationError, doc: LocatedDocument,
         yield doc.problem(path, "url must be a non-empty string (a file name in the model "
                                 f"store, or a URL), got {describe(err.instance)}", node=name)
     elif len(path) == 3 and path[2] == "share-workers":
-        yield doc.problem(path, "share-workers must be true or false, got "
-                                f"{describe(err.instance)}", node=name)
+        yield doc.problem(path, share_workers_problem(err.instance), node=name)
     else:
         yield doc.problem(path, err.message, node=name)
 

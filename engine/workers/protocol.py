@@ -10,11 +10,11 @@ Operations (the ``op`` key of ``meta``):
 ``ready``       worker -> frontend once the handler loaded: ``{"op", "pid"}``
 ``load_failed`` worker -> frontend when it did not: ``{"op", "message"}`` (then it exits)
 ``predict``     frontend -> worker: ``{"op", "reqs": [Request.meta ...]}``; body = every
-                request's parameter bytes, in order (a request to a workflow's function
+                request's parameter bytes, in order (a request to a workflow's node
                 group names its node(s) in ``"n"``: ``Request.nodes``)
 ``result``      worker -> frontend: ``{"op", "resps": [Response.meta ...], "metrics": [...],
                 "t": seconds the handler took for the batch}``; body = every response's
-                bytes, in order (an answer of several fused function nodes carries
+                bytes, in order (an answer of several fused nodes carries
                 ``"trail"``: ``Response.trail``)
 ``partial``     worker -> frontend, any number before the ``result`` of a batch: intermediate
                 results a handler streamed (``send_intermediate_predict_response``), laid
