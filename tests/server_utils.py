@@ -433,3 +433,14 @@ def worker_pids(server: RunningServer, model: str) -> set[int]:
     """The process ids of a model's workers, as its description lists them."""
     desc = requests.get(f"{server.management_url}/models/{model}", timeout=10).json()
     return {w["pid"] for w in desc[0]["workers"]}
+
+
+def traced_wfpredict(server: RunningServer, workflow: str,
+                     body: bytes) -> tuple[requests.Response, dict[str, dict]]:
+    """``POST /wfpredict/<workflow>?trace=true``: the response and its trace's nodes by
+    name."""
+    r = requests.post(f"{server.inference_url}/wfpredict/{workflow}?trace=true", data=body,
+                      timeout=30)
+    trace = requests.get(f"{server.management_url}/workflows/{workflow}/traces/"
+                         f"{r.headers['X-Dagserve-Trace-Id']}", timeout=10).json()
+    return r, {n["node"]: n for n in trace["nodes"]}

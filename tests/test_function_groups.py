@@ -20,7 +20,7 @@ from dagserve.engine.node_groups import fusable, node_groups
 from dagserve.engine.handler.service import ServiceConfig, load_service
 from dagserve.engine.messages import Param, Request
 from dagserve.engine.scheduler import Plan
-from server_utils import serving_workflows, worker_pids
+from server_utils import serving_workflows, traced_wfpredict, worker_pids
 from test_workflow_api import build_war
 
 HANDLER = textwrap.dedent('''
@@ -260,12 +260,8 @@ def test_the_function_nodes_share_one_worker_process(server):
 
 def test_each_node_keeps_its_metrics_and_trace(server):
     before = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-    r = requests.post(f"{server.inference_url}/wfpredict/fused?trace=true", data=b"t",
-                      timeout=30)
+    r, nodes = traced_wfpredict(server, "fused", b"t")
     assert r.status_code == 200
-    trace = requests.get(f"{server.management_url}/workflows/fused/traces/"
-                         f"{r.headers['X-Dagserve-Trace-Id']}", timeout=10).json()
-    nodes = {n["node"]: n for n in trace["nodes"]}
     for node in ("tag_a", "tag_b", "tag_c"):
         [attempt] = nodes[node]["attempts"]
         assert attempt["outcome"] == "ok" and attempt["code"] == 200

@@ -15,8 +15,8 @@ import requests
 
 from dagserve.engine.node_groups import _apart_where_names_clash, sibling_modules
 from dagserve.workflows import SpecError, load_spec
-from server_utils import (FAILING_INIT_HANDLER, build_mar, build_war, pid_alive, serving_workflows, wait_until,
-                          worker_pids)
+from server_utils import (FAILING_INIT_HANDLER, build_mar, build_war, pid_alive,
+                          serving_workflows, traced_wfpredict, wait_until, worker_pids)
 
 # Every model's handler file is handler.py; each says which model it is from its own
 # helper module (a different name per model) or, for the clashing pair, from model.py.
@@ -166,15 +166,11 @@ def test_function_and_model_nodes_share_one_worker_and_one_call(server):
     pids = [worker_pids(server, f"whole__{node}") for node in ("pre", "up", "mid", "post")]
     assert len(pids[0]) == 1 and all(p == pids[0] for p in pids)
     (pid,) = pids[0]
-    r = requests.post(f"{server.inference_url}/wfpredict/whole?trace=true", data=b"w",
-                      timeout=30)
+    r, nodes = traced_wfpredict(server, "whole", b"w")
     assert r.status_code == 200, r.text
     assert r.text == f"post[{pid}](mid[{pid}](up[{pid}](pre(w))))"
-    trace = requests.get(f"{server.management_url}/workflows/whole/traces/"
-                         f"{r.headers['X-Dagserve-Trace-Id']}", timeout=10).json()
-    attempts = {n["node"]: n["attempts"] for n in trace["nodes"]}
-    assert all(len(attempts[n]) == 1 and attempts[n][0]["code"] == 200
-               for n in ("pre", "up", "mid", "post"))
+    attempts = {n: nodes[n]["attempts"] for n in ("pre", "up", "mid", "post")}
+    assert all(len(a) == 1 and a[0]["code"] == 200 for a in attempts.values())
 
 
 def test_a_shared_model_still_answers_predictions_on_its_own(server):
@@ -186,12 +182,8 @@ def test_a_shared_model_still_answers_predictions_on_its_own(server):
 
 
 def test_each_shared_model_keeps_its_trace(server):
-    r = requests.post(f"{server.inference_url}/wfpredict/together?trace=true", data=b"t",
-                      timeout=30)
+    r, nodes = traced_wfpredict(server, "together", b"t")
     assert r.status_code == 200
-    trace = requests.get(f"{server.management_url}/workflows/together/traces/"
-                         f"{r.headers['X-Dagserve-Trace-Id']}", timeout=10).json()
-    nodes = {n["node"]: n for n in trace["nodes"]}
     for node in ("up", "mid", "down"):
         [attempt] = nodes[node]["attempts"]
         assert attempt["outcome"] == "ok" and attempt["code"] == 200
@@ -222,7 +214,8 @@ def test_models_whose_files_share_a_name_keep_apart(server):
 
 
 def test_a_model_with_another_model_config_keeps_apart(server):
-    assert worker_pids(server, "configured__up").isdisjoint(worker_pids(server, "configured__tuned"))
+    up, tuned = (worker_pids(server, f"configured__{n}") for n in ("up", "tuned"))
+    assert up.isdisjoint(tuned)
 
 
 def test_describe_says_the_workflow_shares_workers(server):
